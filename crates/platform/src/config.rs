@@ -1,0 +1,189 @@
+//! Configuration types shared by every role.
+//!
+//! Loading happens in the binary (defaults → TOML file → `SWITCHYARD_*` env → flags); this module
+//! owns the shape, the defaults and the validation, so a bad value fails at start with a message
+//! naming its key. Secrets are `SecretString`s: their `Debug` prints `[REDACTED]`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Address the HTTP server binds.
+    pub listen: SocketAddr,
+    /// Where embedded SQLite files and the generated secret key live.
+    pub data_dir: PathBuf,
+    /// `postgres://…` moves product state to PostgreSQL; unset means `sqlite://{data_dir}/state.db`.
+    pub database_url: Option<SecretString>,
+    /// Public base URL of this deployment, used in links we hand out (invites).
+    pub public_url: Option<String>,
+    /// Base64 of 32 bytes: the AES-256-GCM key for secrets at rest. Unset: a key file in the data
+    /// directory is used, created on first start.
+    pub secret_key: Option<SecretString>,
+    /// Bearer token for `/internal/*` endpoints. Unset: those endpoints are disabled.
+    pub internal_token: Option<SecretString>,
+    pub log_format: LogFormat,
+    /// Largest request body accepted by the API, in bytes.
+    pub max_body_bytes: usize,
+    pub auth: AuthConfig,
+    pub jobs: JobsConfig,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// Whether anyone may create an account with `POST /api/v1/auth/signup`.
+    pub allow_signup: bool,
+    /// How long a login session lasts.
+    pub session_ttl_hours: u64,
+    /// Failed or attempted logins allowed per minute per client IP and per email.
+    pub login_attempts_per_minute: u32,
+    /// Mark the session cookie `Secure` (turn off only for plain-HTTP local use).
+    pub secure_cookies: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct JobsConfig {
+    /// Jobs one process runs at once.
+    pub concurrency: usize,
+    /// Jobs of one workspace running at once across all processes.
+    pub per_workspace_concurrency: u32,
+    /// How often an idle worker looks for due jobs, in milliseconds.
+    pub poll_interval_ms: u64,
+    /// How long a lease lasts without a heartbeat before the janitor frees the job, in seconds.
+    pub lease_seconds: u64,
+    /// Attempts before a job is dead, unless the job says otherwise.
+    pub max_attempts: u32,
+    /// First retry delay in milliseconds; doubles each attempt, with full jitter.
+    pub backoff_base_ms: u64,
+    /// Longest retry delay in seconds.
+    pub backoff_max_seconds: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            data_dir: PathBuf::from("./data"),
+            database_url: None,
+            public_url: None,
+            secret_key: None,
+            internal_token: None,
+            log_format: LogFormat::Text,
+            max_body_bytes: 1024 * 1024,
+            auth: AuthConfig::default(),
+            jobs: JobsConfig::default(),
+        }
+    }
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            allow_signup: true,
+            session_ttl_hours: 24 * 30,
+            login_attempts_per_minute: 10,
+            secure_cookies: false,
+        }
+    }
+}
+
+impl Default for JobsConfig {
+    fn default() -> Self {
+        Self {
+            concurrency: 8,
+            per_workspace_concurrency: 4,
+            poll_interval_ms: 500,
+            lease_seconds: 60,
+            max_attempts: 10,
+            backoff_base_ms: 1000,
+            backoff_max_seconds: 3600,
+        }
+    }
+}
+
+/// A configuration value that is present but wrong.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration value for `{key}`: {message}")]
+pub struct ConfigError {
+    pub key: &'static str,
+    pub message: String,
+}
+
+impl Config {
+    /// Checks what serde cannot: formats, ranges and cross-field rules.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let err = |key, message: &str| ConfigError {
+            key,
+            message: message.to_owned(),
+        };
+        if let Some(url) = &self.database_url {
+            let url = url.expose_secret();
+            if !(url.starts_with("postgres://")
+                || url.starts_with("postgresql://")
+                || url.starts_with("sqlite://"))
+            {
+                return Err(err(
+                    "database_url",
+                    "expected a postgres://, postgresql:// or sqlite:// URL",
+                ));
+            }
+        }
+        if let Some(key) = &self.secret_key {
+            crate::secret_box::SecretBox::from_base64(key.expose_secret())
+                .map_err(|e| err("secret_key", &e.to_string()))?;
+        }
+        if let Some(url) = &self.public_url
+            && !(url.starts_with("http://") || url.starts_with("https://"))
+        {
+            return Err(err("public_url", "expected an http:// or https:// URL"));
+        }
+        if self.max_body_bytes < 1024 {
+            return Err(err("max_body_bytes", "must be at least 1024"));
+        }
+        if self.jobs.concurrency == 0 {
+            return Err(err("jobs.concurrency", "must be at least 1"));
+        }
+        if self.jobs.per_workspace_concurrency == 0 {
+            return Err(err("jobs.per_workspace_concurrency", "must be at least 1"));
+        }
+        if self.jobs.max_attempts == 0 {
+            return Err(err("jobs.max_attempts", "must be at least 1"));
+        }
+        if self.jobs.lease_seconds < 2 {
+            return Err(err("jobs.lease_seconds", "must be at least 2"));
+        }
+        if self.auth.login_attempts_per_minute == 0 {
+            return Err(err("auth.login_attempts_per_minute", "must be at least 1"));
+        }
+        Ok(())
+    }
+
+    /// The product-state database URL after defaults.
+    pub fn state_database_url(&self) -> String {
+        match &self.database_url {
+            Some(url) => url.expose_secret().to_owned(),
+            None => format!("sqlite://{}", self.data_dir.join("state.db").display()),
+        }
+    }
+
+    /// The public base URL after defaults, without a trailing slash.
+    pub fn public_base_url(&self) -> String {
+        match &self.public_url {
+            Some(url) => url.trim_end_matches('/').to_owned(),
+            None => format!("http://{}", self.listen),
+        }
+    }
+}

@@ -1,0 +1,182 @@
+//! Product-state storage on SQLite (embedded default) or PostgreSQL (scale-out).
+//!
+//! We keep concrete pools (`SqlitePool`, `PgPool`) rather than `sqlx::Any`, which has no uuid or
+//! time types. Query texts are written once with `$1` placeholders, which both drivers accept,
+//! and run on either backend through [`with_db!`] / [`with_tx!`]: the macro expands the same
+//! body once per backend, so each copy is type-checked against its own driver. Where the SQL
+//! itself differs (locking clauses, JSON operators, date functions) the caller branches on
+//! [`Dialect`] next to the query.
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use anyhow::Context;
+use sqlx::migrate::Migrator;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{PgPool, Postgres, Sqlite, SqlitePool};
+
+/// Runs `$body` with `$conn` bound to the backend's pool (`&SqlitePool` or `&PgPool`).
+#[macro_export]
+macro_rules! with_db {
+    ($db:expr, $conn:ident => $body:expr) => {
+        match $db {
+            $crate::db::Db::Sqlite($conn) => $body,
+            $crate::db::Db::Postgres($conn) => $body,
+        }
+    };
+}
+
+/// Runs `$body` with `$conn` bound to the transaction's connection (`&mut SqliteConnection` or
+/// `&mut PgConnection`). Use `&mut *$conn` to run several statements.
+#[macro_export]
+macro_rules! with_tx {
+    ($tx:expr, $conn:ident => $body:expr) => {
+        match $tx {
+            $crate::db::Tx::Sqlite(tx) => {
+                let $conn = &mut **tx;
+                $body
+            }
+            $crate::db::Tx::Postgres(tx) => {
+                let $conn = &mut **tx;
+                $body
+            }
+        }
+    };
+}
+
+/// Which SQL dialect a pool speaks, for the few statements that differ.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialect {
+    Sqlite,
+    Postgres,
+}
+
+#[derive(Clone, Debug)]
+pub enum Db {
+    Sqlite(SqlitePool),
+    Postgres(PgPool),
+}
+
+/// A write transaction on either backend. Dropping it without [`Tx::commit`] rolls back.
+#[derive(Debug)]
+pub enum Tx {
+    Sqlite(sqlx::Transaction<'static, Sqlite>),
+    Postgres(sqlx::Transaction<'static, Postgres>),
+}
+
+/// One crate's migrations, one set per backend (`migrations/sqlite`, `migrations/postgres`).
+/// Versions are timestamps, unique across crates, because every crate shares one history table.
+pub struct Migrations {
+    pub sqlite: Migrator,
+    pub postgres: Migrator,
+}
+
+impl Db {
+    /// Opens `sqlite://PATH` or `postgres://…`.
+    pub async fn connect(url: &str) -> anyhow::Result<Db> {
+        if let Some(path) = url.strip_prefix("sqlite://") {
+            return Self::open_sqlite(Path::new(path)).await;
+        }
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            let options = PgConnectOptions::from_str(url).context("invalid PostgreSQL URL")?;
+            let pool = PgPoolOptions::new()
+                .max_connections(20)
+                .acquire_timeout(Duration::from_secs(10))
+                .connect_with(options)
+                .await
+                .context("cannot connect to PostgreSQL")?;
+            return Ok(Db::Postgres(pool));
+        }
+        anyhow::bail!("unsupported database URL scheme (expected sqlite:// or postgres://)")
+    }
+
+    /// Opens (creating if needed) a SQLite database file tuned for a server: WAL, foreign keys,
+    /// a busy timeout, and `synchronous=FULL` because a 2xx promises durability.
+    pub async fn open_sqlite(path: &Path) -> anyhow::Result<Db> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("cannot create directory {}", dir.display()))?;
+        }
+        let options = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .foreign_keys(true)
+            .busy_timeout(Duration::from_secs(10));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(8)
+            .acquire_timeout(Duration::from_secs(15))
+            .connect_with(options)
+            .await
+            .with_context(|| format!("cannot open SQLite database {}", path.display()))?;
+        Ok(Db::Sqlite(pool))
+    }
+
+    pub fn dialect(&self) -> Dialect {
+        match self {
+            Db::Sqlite(_) => Dialect::Sqlite,
+            Db::Postgres(_) => Dialect::Postgres,
+        }
+    }
+
+    /// Begins a write transaction. On SQLite it is `BEGIN IMMEDIATE`, which takes the write
+    /// lock up front: a deferred transaction that reads and then writes can fail with
+    /// `SQLITE_BUSY` instead of waiting when another writer got there first.
+    pub async fn begin(&self) -> Result<Tx, sqlx::Error> {
+        Ok(match self {
+            Db::Sqlite(pool) => Tx::Sqlite(pool.begin_with("BEGIN IMMEDIATE").await?),
+            Db::Postgres(pool) => Tx::Postgres(pool.begin().await?),
+        })
+    }
+
+    /// Applies every crate's migrations for this backend.
+    pub async fn migrate(&self, sets: &[&Migrations]) -> anyhow::Result<()> {
+        for set in sets {
+            match self {
+                Db::Sqlite(pool) => {
+                    let mut migrator = clone_migrator(&set.sqlite);
+                    migrator.set_ignore_missing(true);
+                    migrator.run(pool).await?
+                }
+                Db::Postgres(pool) => {
+                    let mut migrator = clone_migrator(&set.postgres);
+                    migrator.set_ignore_missing(true);
+                    migrator.run(pool).await?
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Cheap round trip, for readiness checks.
+    pub async fn ping(&self) -> Result<(), sqlx::Error> {
+        with_db!(self, pool => sqlx::query("SELECT 1").execute(pool).await.map(|_| ()))
+    }
+
+    pub async fn close(&self) {
+        with_db!(self, pool => pool.close().await)
+    }
+}
+
+fn clone_migrator(m: &Migrator) -> Migrator {
+    Migrator::with_migrations(m.iter().cloned().collect())
+}
+
+impl Tx {
+    pub fn dialect(&self) -> Dialect {
+        match self {
+            Tx::Sqlite(_) => Dialect::Sqlite,
+            Tx::Postgres(_) => Dialect::Postgres,
+        }
+    }
+
+    pub async fn commit(self) -> Result<(), sqlx::Error> {
+        match self {
+            Tx::Sqlite(tx) => tx.commit().await,
+            Tx::Postgres(tx) => tx.commit().await,
+        }
+    }
+}

@@ -1,0 +1,175 @@
+//! The HTTP server: every feature's routes under `/api/v1`, the OpenAPI document, health and
+//! metrics endpoints, and the middleware every request passes through.
+
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::http::{HeaderName, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use platform::http::{method_not_allowed_fallback, not_found_fallback};
+use platform::{ApiError, AppState};
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::TraceLayer;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+
+const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Switchyard API",
+        description = "Multi-tenant marketing operations backend. Workspace resources live under \
+                       `/api/v1/workspaces/{workspace_id}/…`. Authenticate with \
+                       `Authorization: Bearer <session token or API key>`.",
+    ),
+    components(schemas(platform::error::ErrorBody)),
+    tags(
+        (name = "auth", description = "Accounts and sessions"),
+        (name = "workspaces", description = "Workspaces (tenants)"),
+        (name = "members", description = "Members and invitations"),
+        (name = "api-keys", description = "Workspace API keys"),
+    )
+)]
+struct ApiDoc;
+
+/// Every feature's API routes, relative to `/api/v1`.
+fn api_routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().merge(platform::accounts::routes())
+}
+
+/// The OpenAPI document, as served at `/api/openapi.json`.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .nest("/api/v1", api_routes())
+        .into_openapi()
+}
+
+/// Builds the whole application router over `state`.
+pub fn router(state: AppState) -> Router {
+    let (api, doc) = OpenApiRouter::<AppState>::with_openapi(ApiDoc::openapi())
+        .nest("/api/v1", api_routes())
+        .split_for_parts();
+    let doc_json = std::sync::Arc::new(doc);
+    let max_body = state.config.max_body_bytes;
+
+    Router::new()
+        .merge(api)
+        .route(
+            "/api/openapi.json",
+            get(move || {
+                let doc = doc_json.clone();
+                async move { Json(doc.as_ref().clone()) }
+            }),
+        )
+        .route("/api/docs", get(docs_page))
+        .route("/healthz", get(|| async { Json(serde_json::json!({ "status": "ok" })) }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .method_not_allowed_fallback(method_not_allowed_fallback)
+        .fallback(not_found_fallback)
+        .layer(middleware::from_fn(record_metrics))
+        .layer(DefaultBodyLimit::max(max_body))
+        .layer(middleware::from_fn_with_state(max_body, refuse_oversized))
+        .layer(PropagateRequestIdLayer::new(REQUEST_ID))
+        .layer(
+            TraceLayer::new_for_http().make_span_with(|req: &Request<Body>| {
+                let request_id = req
+                    .headers()
+                    .get(&REQUEST_ID)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("");
+                tracing::info_span!("request", method = %req.method(), uri = %req.uri().path(), request_id)
+            }),
+        )
+        .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
+        .with_state(state)
+}
+
+/// Refuses a body whose declared length is over the limit before reading any of it. Bodies
+/// without a length are cut off by `DefaultBodyLimit` as they stream in.
+async fn refuse_oversized(State(max): State<usize>, req: Request, next: Next) -> Response {
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > max as u64) {
+        return ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("The request body is larger than the limit of {max} bytes."),
+        )
+        .into_response();
+    }
+    next.run(req).await
+}
+
+async fn readyz(State(state): State<AppState>) -> Response {
+    match tokio::time::timeout(Duration::from_secs(3), state.db.ping()).await {
+        Ok(Ok(())) => {
+            Json(serde_json::json!({ "status": "ready", "database": "ok" })).into_response()
+        }
+        Ok(Err(err)) => {
+            tracing::warn!(error = %err, "readiness check failed");
+            not_ready("database unreachable")
+        }
+        Err(_) => not_ready("database timed out"),
+    }
+}
+
+fn not_ready(reason: &'static str) -> Response {
+    ApiError::service_unavailable(reason)
+        .with_code("not_ready")
+        .into_response()
+}
+
+/// The process-wide Prometheus recorder (metrics are global; tests start several servers in one
+/// process, so it is installed once).
+pub fn prometheus() -> &'static PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE.get_or_init(|| {
+        let recorder = PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        // Another recorder may already be installed (an embedding program); ours still renders.
+        let _ = metrics::set_global_recorder(recorder);
+        handle
+    })
+}
+
+async fn metrics() -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        prometheus().render(),
+    )
+}
+
+async fn record_metrics(req: Request, next: Next) -> Response {
+    let start = Instant::now();
+    let method = req.method().to_string();
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".to_owned());
+    let response = next.run(req).await;
+    let labels = [
+        ("method", method),
+        ("route", route),
+        ("status", response.status().as_u16().to_string()),
+    ];
+    metrics::counter!("http_requests_total", &labels).increment(1);
+    metrics::histogram!("http_request_duration_seconds", &labels)
+        .record(start.elapsed().as_secs_f64());
+    response
+}
+
+async fn docs_page() -> Html<&'static str> {
+    Html(include_str!("docs.html"))
+}
