@@ -57,6 +57,8 @@ pub fn router(state: AppState) -> Router {
         .nest("/api/v1", api_routes())
         .split_for_parts();
     let doc_json = std::sync::Arc::new(doc);
+    // Install the recorder before the first request is counted.
+    prometheus();
     let max_body = state.config.max_body_bytes;
 
     Router::new()

@@ -1,0 +1,8 @@
+//! Integration tests: the real server on port 0, over HTTP, on SQLite and on PostgreSQL.
+//! One test binary, so it links once.
+
+mod accounts;
+mod conventions;
+mod support;
+mod tenancy;
+mod workspaces;

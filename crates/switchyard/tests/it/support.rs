@@ -1,0 +1,240 @@
+//! Test harness: starts the real server on port 0 over a fresh database of the chosen backend and
+//! talks to it over HTTP.
+//!
+//! SQLite runs always. PostgreSQL runs when `SWITCHYARD_TEST_POSTGRES_URL` points at a server
+//! where we may create databases (one new database per test); when it is unset the PostgreSQL
+//! variant is skipped, unless `SWITCHYARD_REQUIRE_POSTGRES=1`, which makes it fail (CI).
+
+use std::net::SocketAddr;
+
+use platform::AppState;
+use platform::config::Config;
+use reqwest::Method;
+use secrecy::SecretString;
+use serde_json::{Value, json};
+use sqlx::Connection;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// Declares one async test that runs once per backend: `backend_test!(name, |app| async move {…})`.
+#[macro_export]
+macro_rules! backend_test {
+    ($name:ident, |$app:ident| $body:expr) => {
+        mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+
+            async fn body($app: $crate::support::TestApp) {
+                $body.await
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                let app = $crate::support::TestApp::spawn($crate::support::Backend::Sqlite).await;
+                body(app).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                if let Some(app) =
+                    $crate::support::TestApp::spawn_if_available($crate::support::Backend::Postgres)
+                        .await
+                {
+                    body(app).await;
+                }
+            }
+        }
+    };
+}
+
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub state: AppState,
+    pub client: reqwest::Client,
+    pub backend: Backend,
+    shutdown: CancellationToken,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// Creates a fresh PostgreSQL database and returns its URL.
+pub async fn fresh_postgres_database() -> Option<String> {
+    let base = match std::env::var("SWITCHYARD_TEST_POSTGRES_URL") {
+        Ok(url) if !url.is_empty() => url,
+        _ => {
+            if std::env::var("SWITCHYARD_REQUIRE_POSTGRES").as_deref() == Ok("1") {
+                panic!("SWITCHYARD_REQUIRE_POSTGRES=1 but SWITCHYARD_TEST_POSTGRES_URL is unset");
+            }
+            eprintln!("skipped: SWITCHYARD_TEST_POSTGRES_URL is unset");
+            return None;
+        }
+    };
+    let name = format!("sy_t_{}", uuid::Uuid::now_v7().simple());
+    let mut conn = sqlx::PgConnection::connect(&base)
+        .await
+        .expect("connect to SWITCHYARD_TEST_POSTGRES_URL");
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .execute(&mut conn)
+        .await
+        .expect("create test database");
+    conn.close().await.ok();
+    let (prefix, _) = base
+        .rsplit_once('/')
+        .expect("SWITCHYARD_TEST_POSTGRES_URL must name a database");
+    Some(format!("{prefix}/{name}"))
+}
+
+pub fn test_config(dir: &std::path::Path) -> Config {
+    Config {
+        listen: "127.0.0.1:0".parse().expect("addr"),
+        data_dir: dir.to_path_buf(),
+        secret_key: Some(SecretString::from(
+            "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=",
+        )),
+        ..Config::default()
+    }
+}
+
+impl TestApp {
+    pub async fn spawn(backend: Backend) -> TestApp {
+        Self::spawn_with(backend, |_| {})
+            .await
+            .expect("backend available")
+    }
+
+    pub async fn spawn_if_available(backend: Backend) -> Option<TestApp> {
+        Self::spawn_with(backend, |_| {}).await
+    }
+
+    /// Starts the server with a configuration adjusted by `tweak`.
+    pub async fn spawn_with(backend: Backend, tweak: impl FnOnce(&mut Config)) -> Option<TestApp> {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut config = test_config(dir.path());
+        if backend == Backend::Postgres {
+            config.database_url = Some(SecretString::from(fresh_postgres_database().await?));
+        }
+        tweak(&mut config);
+        let state = switchyard::build_state(config).await.expect("build state");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let shutdown = CancellationToken::new();
+        tokio::spawn(switchyard::run(
+            state.clone(),
+            listener,
+            switchyard::all_roles(),
+            shutdown.clone(),
+        ));
+        Some(TestApp {
+            addr,
+            state,
+            client: reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                .expect("client"),
+            backend,
+            shutdown,
+            _dir: dir,
+        })
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    /// Sends a request and returns the status and the JSON body (`null` when empty).
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let mut req = self.client.request(method, self.url(path));
+        if let Some(token) = token {
+            req = req.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            req = req.json(&body);
+        }
+        let resp = req.send().await.expect("request");
+        let status = resp.status().as_u16();
+        let text = resp.text().await.expect("body");
+        let json = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text)
+                .unwrap_or_else(|_| panic!("non-JSON body for {path} ({status}): {text}"))
+        };
+        (status, json)
+    }
+
+    pub async fn get(&self, path: &str, token: &str) -> (u16, Value) {
+        self.call(Method::GET, path, Some(token), None).await
+    }
+
+    pub async fn post(&self, path: &str, token: &str, body: Value) -> (u16, Value) {
+        self.call(Method::POST, path, Some(token), Some(body)).await
+    }
+
+    /// Signs up `email` and returns the session token and user id.
+    pub async fn signup(&self, email: &str) -> User {
+        let (status, body) = self
+            .call(
+                Method::POST,
+                "/api/v1/auth/signup",
+                None,
+                Some(json!({ "email": email, "password": "correct horse battery" })),
+            )
+            .await;
+        assert_eq!(status, 201, "signup failed: {body}");
+        User {
+            token: body["token"].as_str().expect("token").to_owned(),
+            id: body["user"]["id"].as_str().expect("id").to_owned(),
+            csrf: body["csrf_token"].as_str().expect("csrf").to_owned(),
+        }
+    }
+
+    /// Creates a workspace as `user` and returns its id.
+    pub async fn workspace(&self, user: &User, name: &str) -> String {
+        let (status, body) = self
+            .post("/api/v1/workspaces", &user.token, json!({ "name": name }))
+            .await;
+        assert_eq!(status, 201, "create workspace failed: {body}");
+        body["id"].as_str().expect("id").to_owned()
+    }
+
+    /// Creates an API key in `ws` with `role` and returns the secret.
+    pub async fn api_key(&self, user: &User, ws: &str, role: &str) -> (String, String) {
+        let (status, body) = self
+            .post(
+                &format!("/api/v1/workspaces/{ws}/api-keys"),
+                &user.token,
+                json!({ "name": "test", "role": role }),
+            )
+            .await;
+        assert_eq!(status, 201, "create key failed: {body}");
+        (
+            body["key"].as_str().expect("key").to_owned(),
+            body["api_key"]["id"].as_str().expect("id").to_owned(),
+        )
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct User {
+    pub token: String,
+    pub id: String,
+    pub csrf: String,
+}

@@ -1,0 +1,163 @@
+//! The tenancy wall, proven route by route from the OpenAPI document.
+//!
+//! For every operation whose path has `{workspace_id}`, the test fills the path with workspace
+//! A's real objects and calls it with workspace B's credentials (a B user session and a B admin
+//! API key). Reads must answer 404, writes 404 or 403, and nothing of A may change: every GET
+//! route of A is read with A's credentials before and after, and must answer the same.
+//! A new route is covered without anyone remembering to add it; a new path parameter fails
+//! loudly until a fixture for it is added to `fixtures`.
+
+use std::collections::BTreeMap;
+
+use reqwest::Method;
+use serde_json::{Value, json};
+
+use crate::backend_test;
+use crate::support::{TestApp, User};
+
+/// One real object of workspace A per path parameter name.
+async fn fixtures(app: &TestApp, owner_a: &User, ws_a: &str) -> BTreeMap<&'static str, String> {
+    let mut ids = BTreeMap::new();
+    ids.insert("workspace_id", ws_a.to_owned());
+
+    let member = app.signup("member-a@example.com").await;
+    let (_, invite) = app
+        .post(
+            &format!("/api/v1/workspaces/{ws_a}/invites"),
+            &owner_a.token,
+            json!({ "email": "member-a@example.com", "role": "member" }),
+        )
+        .await;
+    let (status, _) = app
+        .post(
+            "/api/v1/invites/accept",
+            &member.token,
+            json!({ "token": invite["token"] }),
+        )
+        .await;
+    assert_eq!(status, 200);
+    ids.insert("user_id", member.id.clone());
+
+    let (status, pending) = app
+        .post(
+            &format!("/api/v1/workspaces/{ws_a}/invites"),
+            &owner_a.token,
+            json!({ "email": "later@example.com" }),
+        )
+        .await;
+    assert_eq!(status, 201);
+    ids.insert(
+        "invite_id",
+        pending["invite"]["id"].as_str().unwrap().to_owned(),
+    );
+
+    let (_, key_id) = app.api_key(owner_a, ws_a, "member").await;
+    ids.insert("key_id", key_id);
+    ids
+}
+
+fn fill(path: &str, ids: &BTreeMap<&'static str, String>) -> String {
+    let mut out = String::new();
+    let mut rest = path;
+    while let Some(start) = rest.find('{') {
+        out.push_str(&rest[..start]);
+        let end = rest[start..].find('}').expect("closing brace") + start;
+        let name = &rest[start + 1..end];
+        let value = ids.get(name).unwrap_or_else(|| {
+            panic!("tenancy test: no fixture for path parameter {{{name}}} in {path}; add one to `fixtures`")
+        });
+        out.push_str(value);
+        rest = &rest[end + 1..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// Everything A can read, as A sees it.
+async fn snapshot(app: &TestApp, token: &str, gets: &[String]) -> Vec<(String, u16, Value)> {
+    let mut out = Vec::new();
+    for path in gets {
+        let (status, body) = app.get(path, token).await;
+        out.push((path.clone(), status, body));
+    }
+    out
+}
+
+backend_test!(
+    another_workspace_is_invisible_on_every_route,
+    |app| async move {
+        let owner_a = app.signup("owner-a@example.com").await;
+        let ws_a = app.workspace(&owner_a, "Workspace A").await;
+        let owner_b = app.signup("owner-b@example.com").await;
+        let ws_b = app.workspace(&owner_b, "Workspace B").await;
+        let (key_b, _) = app.api_key(&owner_b, &ws_b, "admin").await;
+        let ids = fixtures(&app, &owner_a, &ws_a).await;
+
+        let doc: Value = app
+            .client
+            .get(app.url("/api/openapi.json"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let mut operations = Vec::new();
+        for (path, item) in doc["paths"].as_object().unwrap() {
+            if !path.contains("{workspace_id}") {
+                continue;
+            }
+            for method in item.as_object().unwrap().keys() {
+                operations.push((method.to_uppercase(), path.clone()));
+            }
+        }
+        assert!(
+            operations.len() >= 12,
+            "suspiciously few workspace routes: {operations:?}"
+        );
+
+        let gets: Vec<String> = operations
+            .iter()
+            .filter(|(m, _)| m == "GET")
+            .map(|(_, p)| fill(p, &ids))
+            .collect();
+        let before = snapshot(&app, &owner_a.token, &gets).await;
+        for (path, status, body) in &before {
+            assert_eq!(*status, 200, "A cannot read its own {path}: {body}");
+        }
+
+        // Reads and writes in GET-first order, destructive ones last, so every write meets live
+        // objects of A.
+        operations.sort_by_key(|(m, _)| match m.as_str() {
+            "GET" => 0,
+            "POST" => 1,
+            "PATCH" | "PUT" => 2,
+            _ => 3,
+        });
+        for credential in [&owner_b.token, &key_b] {
+            for (method, template) in &operations {
+                let path = fill(template, &ids);
+                let method = Method::from_bytes(method.as_bytes()).unwrap();
+                let body = (method != Method::GET && method != Method::DELETE).then(|| json!({}));
+                let (status, answer) = app
+                    .call(method.clone(), &path, Some(credential), body)
+                    .await;
+                if method == Method::GET {
+                    assert_eq!(status, 404, "{method} {template} leaked to B: {answer}");
+                } else {
+                    assert!(
+                        status == 404 || status == 403,
+                        "{method} {template} answered {status} to B: {answer}"
+                    );
+                }
+                assert!(
+                    answer["error"]["code"].is_string(),
+                    "{method} {template}: {answer}"
+                );
+            }
+        }
+
+        let after = snapshot(&app, &owner_a.token, &gets).await;
+        assert_eq!(before, after, "B's attempts changed A's data");
+    }
+);
