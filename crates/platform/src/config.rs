@@ -123,6 +123,21 @@ pub struct ConfigError {
 }
 
 impl Config {
+    /// Top-level keys, for picking configuration out of the environment (where other
+    /// `SWITCHYARD_*` variables, such as `SWITCHYARD_LOG`, also live).
+    pub const KEYS: &'static [&'static str] = &[
+        "listen",
+        "data_dir",
+        "database_url",
+        "public_url",
+        "secret_key",
+        "internal_token",
+        "log_format",
+        "max_body_bytes",
+        "auth",
+        "jobs",
+    ];
+
     /// Checks what serde cannot: formats, ranges and cross-field rules.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let err = |key, message: &str| ConfigError {

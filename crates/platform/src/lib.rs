@@ -8,6 +8,7 @@ pub mod db;
 pub mod error;
 pub mod http;
 pub mod id;
+pub mod idempotency;
 pub mod secret_box;
 pub mod state;
 pub mod tenancy;

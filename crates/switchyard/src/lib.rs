@@ -43,7 +43,10 @@ pub fn load_config(file: Option<&Path>, overrides: Figment) -> anyhow::Result<Co
         figment = figment.merge(Toml::file(file));
     }
     let config: Config = figment
-        .merge(Env::prefixed("SWITCHYARD_").split("__"))
+        .merge(Env::prefixed("SWITCHYARD_").split("__").filter(|key| {
+            let top = key.as_str().split('.').next().unwrap_or("");
+            Config::KEYS.iter().any(|k| k.eq_ignore_ascii_case(top))
+        }))
         .merge(overrides)
         .extract()
         .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;

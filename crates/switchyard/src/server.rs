@@ -61,6 +61,10 @@ pub fn router(state: AppState) -> Router {
     prometheus();
     let max_body = state.config.max_body_bytes;
 
+    let api = api.layer(middleware::from_fn_with_state(
+        state.clone(),
+        platform::idempotency::middleware,
+    ));
     Router::new()
         .merge(api)
         .route(

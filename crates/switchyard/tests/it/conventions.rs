@@ -290,3 +290,62 @@ backend_test!(openapi_document_and_docs_page, |app| async move {
         .unwrap();
     assert!(html.contains("/api/openapi.json"));
 });
+
+backend_test!(idempotency_key_replays_the_first_answer, |app| async move {
+    let user = app.signup("idem@example.com").await;
+    let send = |key: &'static str, name: &'static str| {
+        let app = &app;
+        let token = user.token.clone();
+        async move {
+            let resp = app
+                .client
+                .post(app.url("/api/v1/workspaces"))
+                .bearer_auth(token)
+                .header("idempotency-key", key)
+                .json(&serde_json::json!({ "name": name }))
+                .send()
+                .await
+                .unwrap();
+            let replayed = resp
+                .headers()
+                .get("idempotent-replayed")
+                .map(|v| v.to_str().unwrap().to_owned());
+            (
+                resp.status().as_u16(),
+                replayed,
+                resp.json::<Value>().await.unwrap(),
+            )
+        }
+    };
+    let first = send("create-1", "Once").await;
+    assert_eq!((first.0, first.1.as_deref()), (201, Some("false")));
+    let again = send("create-1", "Once").await;
+    assert_eq!((again.0, again.1.as_deref()), (201, Some("true")));
+    assert_eq!(again.2, first.2, "same body, same id");
+    let (_, list) = app.get("/api/v1/workspaces", &user.token).await;
+    assert_eq!(list["data"].as_array().unwrap().len(), 1, "created once");
+
+    let reused = send("create-1", "Different").await;
+    assert_eq!(reused.0, 422);
+    assert_eq!(reused.2["error"]["code"], "idempotency_key_reused");
+
+    // Another credential with the same key is another key.
+    let other = app.signup("other@example.com").await;
+    let resp = app
+        .client
+        .post(app.url("/api/v1/workspaces"))
+        .bearer_auth(&other.token)
+        .header("idempotency-key", "create-1")
+        .json(&serde_json::json!({ "name": "Once" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 201);
+    assert_eq!(resp.headers()["idempotent-replayed"], "false");
+
+    // A failed validation is remembered too (it is the answer), and a new key runs anew.
+    let bad = send("create-2", "").await;
+    assert_eq!(bad.0, 422);
+    assert_eq!(send("create-2", "").await.1.as_deref(), Some("true"));
+    assert_eq!(send("create-3", "Twice").await.0, 201);
+});

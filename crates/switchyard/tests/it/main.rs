@@ -2,6 +2,7 @@
 //! One test binary, so it links once.
 
 mod accounts;
+mod cli;
 mod conventions;
 mod support;
 mod tenancy;

@@ -56,7 +56,6 @@ pub struct TestApp {
     pub addr: SocketAddr,
     pub state: AppState,
     pub client: reqwest::Client,
-    pub backend: Backend,
     shutdown: CancellationToken,
     _dir: tempfile::TempDir,
 }
@@ -143,7 +142,6 @@ impl TestApp {
                 .redirect(reqwest::redirect::Policy::none())
                 .build()
                 .expect("client"),
-            backend,
             shutdown,
             _dir: dir,
         })

@@ -1,0 +1,56 @@
+# Helpers that start the real components the tests need, each on its own port, in throwaway
+# directories; sourced by scripts/test. Every start function prints what it did and exports the
+# URL the tests read. `stop_services` (run on exit) stops only what was started here.
+
+STARTED_PIDS=()
+CLEANUP_DIRS=()
+
+say() { printf '\033[1m[scripts/test]\033[0m %s\n' "$*" >&2; }
+
+can_install() { [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; }
+
+apt_install() {
+  can_install || return 1
+  say "installing $* with apt-get"
+  if [ -z "${APT_UPDATED:-}" ]; then
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null 2>&1 || true
+    APT_UPDATED=1
+  fi
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+}
+
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+
+# A throwaway PostgreSQL cluster (fsync off: test speed only). Exports SWITCHYARD_TEST_POSTGRES_URL.
+start_postgres() {
+  local bin
+  bin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)
+  if [ -z "$bin" ] || [ ! -x "$bin/initdb" ]; then
+    apt_install postgresql || return 1
+    bin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)
+    [ -x "$bin/initdb" ] || return 1
+  fi
+  local dir port runas=()
+  dir=$(mktemp -d /tmp/switchyard-pg.XXXXXX)
+  CLEANUP_DIRS+=("$dir")
+  port=$(free_port)
+  if [ "$(id -u)" = 0 ]; then
+    chown postgres "$dir"
+    runas=(setpriv --reuid=postgres --regid=postgres --init-groups)
+  fi
+  "${runas[@]}" "$bin/initdb" -D "$dir/data" -U postgres --auth=trust -E UTF8 >/dev/null || return 1
+  "${runas[@]}" "$bin/pg_ctl" -D "$dir/data" -l "$dir/log" -w start \
+    -o "-c listen_addresses=127.0.0.1 -p $port -k $dir -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=300" \
+    >/dev/null || { cat "$dir/log" >&2; return 1; }
+  PG_STOP=("${runas[@]}" "$bin/pg_ctl" -D "$dir/data" -m immediate stop)
+  export SWITCHYARD_TEST_POSTGRES_URL="postgres://postgres@127.0.0.1:$port/postgres"
+  say "PostgreSQL $("$bin/postgres" --version | awk '{print $3}') started on port $port"
+}
+
+stop_services() {
+  if [ -n "${PG_STOP:-}" ]; then "${PG_STOP[@]}" >/dev/null 2>&1 || true; fi
+  for pid in "${STARTED_PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+  for dir in "${CLEANUP_DIRS[@]}"; do rm -rf "$dir"; done
+}
