@@ -1,6 +1,8 @@
 //! Integration tests: the real server on port 0, over HTTP, on SQLite and on PostgreSQL.
 //! One test binary, so it links once.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod accounts;
 mod cli;
 mod conventions;
