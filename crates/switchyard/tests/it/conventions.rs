@@ -36,7 +36,9 @@ backend_test!(bad_input_gets_json_4xx, |app| async move {
     let t = Some(user.token.as_str());
     let json_ct = Some("application/json");
 
-    let cases: Vec<(Method, String, Option<&str>, Vec<u8>, u16, &str)> = vec![
+    // (method, path, content type, body, expected status, expected code)
+    type Case<'a> = (Method, String, Option<&'a str>, Vec<u8>, u16, &'a str);
+    let cases: Vec<Case> = vec![
         (
             Method::POST,
             "/api/v1/workspaces".into(),
