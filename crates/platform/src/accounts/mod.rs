@@ -44,15 +44,19 @@ pub async fn bootstrap(
     workspace_name: &str,
     new_key: bool,
 ) -> anyhow::Result<Bootstrap> {
-    let mut tx = db.begin().await?;
     let email = users::normalize_email(email).map_err(|e| anyhow::anyhow!("{}", e.message))?;
+    let new_user = users::NewUser::prepare(&email, password, "")
+        .await
+        .map_err(|e| anyhow::anyhow!("{}", e.message))?;
+    let mut tx = db.begin().await?;
     let existing: Option<UserId> = with_tx!(&mut tx, conn => sqlx::query_scalar(
         "SELECT id FROM users WHERE email = $1",
     ).bind(&email).fetch_optional(conn).await)?;
     let (user_id, created_user) = match existing {
         Some(id) => (id, false),
         None => {
-            let user = users::create_user(&mut tx, &email, password, "")
+            let user = new_user
+                .insert(&mut tx)
                 .await
                 .map_err(|e| anyhow::anyhow!("{}", e.message))?;
             (user.id, true)
