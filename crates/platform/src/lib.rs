@@ -4,11 +4,15 @@
 pub mod accounts;
 pub mod auth;
 pub mod config;
+pub mod cron;
 pub mod db;
 pub mod error;
 pub mod http;
 pub mod id;
 pub mod idempotency;
+pub mod jobs;
+pub mod maintenance;
+pub mod outbox;
 pub mod secret_box;
 pub mod state;
 pub mod tenancy;

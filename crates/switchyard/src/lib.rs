@@ -5,16 +5,22 @@ pub mod server;
 
 use std::collections::BTreeSet;
 use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use platform::AppState;
 use platform::config::Config;
+use platform::cron;
 use platform::db::Db;
+use platform::jobs::{JobRegistry, Worker};
+use platform::outbox::{self, Consumers};
 use platform::secret_box::SecretBox;
 use secrecy::ExposeSecret;
 use tokio::net::TcpListener;
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 /// What one process does. `serve` runs every role unless `--roles` picks some.
@@ -88,6 +94,56 @@ pub async fn build_state(config: Config) -> anyhow::Result<AppState> {
     Ok(AppState::new(db, config, secrets))
 }
 
+/// Every job handler and outbox consumer of every feature.
+fn background_work() -> (JobRegistry, Arc<Consumers>) {
+    let mut registry = JobRegistry::new();
+    platform::maintenance::install(&mut registry);
+    let consumers = Arc::new(Consumers::new());
+    consumers.install(&mut registry);
+    (registry, consumers)
+}
+
+/// The worker role: job workers (with their janitor), the outbox relay and the cron scheduler.
+async fn start_worker_role(
+    state: &AppState,
+    shutdown: &CancellationToken,
+    background: &mut JoinSet<anyhow::Result<()>>,
+) -> anyhow::Result<()> {
+    platform::maintenance::ensure_schedule(&state.db).await?;
+    let (registry, consumers) = background_work();
+    let worker = Worker::new(
+        state.db.clone(),
+        Arc::new(registry),
+        state.config.jobs.clone(),
+    )
+    .wakeup(state.jobs_wakeup.clone());
+    let token = shutdown.clone();
+    background.spawn(async move {
+        worker.run(token).await;
+        Ok(())
+    });
+    let (db, wakeup, token) = (
+        state.db.clone(),
+        state.jobs_wakeup.clone(),
+        shutdown.clone(),
+    );
+    background.spawn(async move {
+        outbox::run_relay(db, consumers, wakeup, Duration::from_millis(500), token).await;
+        Ok(())
+    });
+    let (db, wakeup, token) = (
+        state.db.clone(),
+        state.jobs_wakeup.clone(),
+        shutdown.clone(),
+    );
+    background.spawn(async move {
+        cron::run_scheduler(db, wakeup, Duration::from_secs(1), token).await;
+        Ok(())
+    });
+    tracing::info!("worker role started");
+    Ok(())
+}
+
 /// Serves until `shutdown` is cancelled, then drains in-flight requests and background work.
 pub async fn run(
     state: AppState,
@@ -95,9 +151,9 @@ pub async fn run(
     roles: Roles,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let mut background = tokio::task::JoinSet::new();
+    let mut background = JoinSet::new();
     if roles.contains(&ServeRole::Worker) {
-        tracing::info!("worker role started");
+        start_worker_role(&state, &shutdown, &mut background).await?;
     }
     if roles.contains(&ServeRole::Api) {
         let app = server::router(state.clone());

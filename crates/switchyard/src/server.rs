@@ -35,13 +35,16 @@ const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
         (name = "workspaces", description = "Workspaces (tenants)"),
         (name = "members", description = "Members and invitations"),
         (name = "api-keys", description = "Workspace API keys"),
+        (name = "jobs", description = "Background jobs: inspect, retry, cancel"),
     )
 )]
 struct ApiDoc;
 
 /// Every feature's API routes, relative to `/api/v1`.
 fn api_routes() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new().merge(platform::accounts::routes())
+    OpenApiRouter::new()
+        .merge(platform::accounts::routes())
+        .merge(platform::jobs::routes())
 }
 
 /// The OpenAPI document, as served at `/api/openapi.json`.

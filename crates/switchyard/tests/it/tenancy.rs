@@ -53,6 +53,15 @@ async fn fixtures(app: &TestApp, owner_a: &User, ws_a: &str) -> BTreeMap<&'stati
 
     let (_, key_id) = app.api_key(owner_a, ws_a, "member").await;
     ids.insert("key_id", key_id);
+
+    // A job far in the future, so no worker touches it during the test.
+    let job = platform::jobs::NewJob::new("tenancy.fixture", json!({ "n": 1 }))
+        .workspace(ws_a.parse::<platform::id::WorkspaceId>().unwrap())
+        .run_at(platform::Timestamp::now() + std::time::Duration::from_secs(86_400));
+    let job_id = platform::jobs::enqueue_on(&app.state.db, job)
+        .await
+        .unwrap();
+    ids.insert("job_id", job_id.to_string());
     ids
 }
 
