@@ -1,0 +1,23 @@
+//! Tracking wire formats: the canonical [`Hit`] and pure parsers for the protocols the gateway
+//! accepts — GA4 gtag `/g/collect` ([`ga4`]), the GA4 Measurement Protocol ([`mp`]), the
+//! Segment HTTP API ([`segment`]) — plus server-side GTM helpers ([`sgtm`]).
+//!
+//! Nothing here does I/O: the gateway hands a [`RawRequest`] in and gets hits or a
+//! [`ParseError`] back, so every rule of PROTOCOLS.md §1–3 is testable without a server.
+//! `docs/hit.md` maps every wire field of every protocol to its place in a `Hit`.
+
+mod encoding;
+pub mod error;
+pub mod ga4;
+pub mod hit;
+pub mod item;
+mod json;
+pub mod mp;
+pub mod raw;
+pub mod segment;
+pub mod sgtm;
+
+pub use error::ParseError;
+pub use hit::{Hit, HitFields, HitId, ParamValue, Protocol};
+pub use item::Item;
+pub use raw::RawRequest;
