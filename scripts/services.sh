@@ -49,6 +49,34 @@ start_postgres() {
   say "PostgreSQL $("$bin/postgres" --version | awk '{print $3}') started on port $port"
 }
 
+# A throwaway NATS server with JetStream. Exports SWITCHYARD_TEST_NATS_URL.
+start_nats() {
+  if ! command -v nats-server >/dev/null 2>&1; then
+    apt_install nats-server || return 1
+  fi
+  local dir port
+  dir=$(mktemp -d /tmp/switchyard-nats.XXXXXX)
+  CLEANUP_DIRS+=("$dir")
+  port=$(free_port)
+  # JetStream takes 75% of memory and disk by default; cap it.
+  cat >"$dir/nats.conf" <<CONF
+listen: 127.0.0.1:$port
+jetstream { store_dir: "$dir/js", max_memory_store: 256MB, max_file_store: 4GB }
+CONF
+  nats-server -c "$dir/nats.conf" >"$dir/log" 2>&1 &
+  STARTED_PIDS+=($!)
+  for _ in $(seq 1 100); do
+    if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+      export SWITCHYARD_TEST_NATS_URL="nats://127.0.0.1:$port"
+      say "NATS $(nats-server --version | awk '{print $2}') with JetStream started on port $port"
+      return 0
+    fi
+    sleep 0.1
+  done
+  cat "$dir/log" >&2
+  return 1
+}
+
 stop_services() {
   if [ -n "${PG_STOP:-}" ]; then "${PG_STOP[@]}" >/dev/null 2>&1 || true; fi
   for pid in "${STARTED_PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done

@@ -12,6 +12,7 @@ pub mod ga4;
 pub mod hit;
 pub mod item;
 mod json;
+pub mod log;
 pub mod mp;
 pub mod raw;
 pub mod segment;

@@ -1,0 +1,86 @@
+//! The durable event log between the gateway and the pipeline.
+//!
+//! The gateway appends one record per accepted request and answers 2xx only once the append
+//! returned: the record is then durable (fsync'd SQLite, or acknowledged by JetStream). Records
+//! are opaque bytes here; the gateway writes a serialized [`crate::LogRecord`].
+//!
+//! Consumers read in named groups, at least once: a group's position advances only when it
+//! acknowledges, so whatever it had not acknowledged when it died is delivered again.
+//!
+//! Two implementations, chosen at start from a URL:
+//! - [`sqlite::SqliteLog`] (`sqlite://…`, the embedded default): group commit, many requests
+//!   share one transaction and one fsync;
+//! - [`nats::NatsLog`] (`nats://…`): a JetStream stream with durable pull consumers.
+
+pub mod nats;
+pub mod sqlite;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+
+/// Why an append was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum AppendError {
+    /// The log cannot keep up: the caller should answer 503 with `Retry-After`.
+    #[error("the event log is overloaded")]
+    Overloaded,
+    /// The log is shutting down or broken.
+    #[error("the event log is unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// One record handed to a consumer; acknowledge it (or a later one of the same batch) once its
+/// effects are durable.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    /// Position in the log: increasing within one log.
+    pub sequence: u64,
+    pub payload: bytes::Bytes,
+    /// How many times this record was delivered to this group before (0 the first time), when
+    /// the backend knows.
+    pub redeliveries: u64,
+}
+
+pub trait EventLog: Send + Sync + 'static {
+    /// Appends one record; returns once it is durable.
+    fn append(&self, payload: Vec<u8>) -> BoxFuture<'_, Result<(), AppendError>>;
+
+    /// A reader for consumer group `group`, starting after the group's last acknowledgement.
+    fn subscribe<'a>(
+        &'a self,
+        group: &'a str,
+    ) -> BoxFuture<'a, anyhow::Result<Box<dyn Subscription>>>;
+
+    /// Stops accepting appends and flushes what was accepted.
+    fn close(&self) -> BoxFuture<'_, ()>;
+}
+
+pub trait Subscription: Send {
+    /// Up to `max` records, waiting at most `wait` for the first one. Records of a batch that is
+    /// not acknowledged are delivered again on a later call or to the next subscriber.
+    fn next_batch(
+        &mut self,
+        max: usize,
+        wait: Duration,
+    ) -> BoxFuture<'_, anyhow::Result<Vec<Delivery>>>;
+
+    /// Acknowledges every record of `batch`.
+    fn ack<'a>(&'a mut self, batch: &'a [Delivery]) -> BoxFuture<'a, anyhow::Result<()>>;
+}
+
+/// Opens the log named by `url`: `sqlite://PATH` or `nats://HOST:PORT`.
+pub async fn open(url: &str) -> anyhow::Result<Arc<dyn EventLog>> {
+    if let Some(path) = url.strip_prefix("sqlite://") {
+        return Ok(Arc::new(
+            sqlite::SqliteLog::open(std::path::Path::new(path), sqlite::Options::default()).await?,
+        ));
+    }
+    if url.starts_with("nats://") {
+        return Ok(Arc::new(
+            nats::NatsLog::connect(url, nats::Options::default()).await?,
+        ));
+    }
+    anyhow::bail!("unsupported event log URL (expected sqlite:// or nats://)")
+}
