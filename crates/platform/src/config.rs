@@ -31,6 +31,44 @@ pub struct Config {
     pub max_body_bytes: usize,
     pub auth: AuthConfig,
     pub jobs: JobsConfig,
+    /// `nats://…` puts the tracking event log in NATS JetStream; unset means
+    /// `sqlite://{data_dir}/events.db`.
+    pub event_log_url: Option<String>,
+    pub tracking: TrackingConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TrackingConfig {
+    /// Where first-party loader scripts (`gtm.js`, `gtag/js`) are fetched from.
+    pub loader_upstream: String,
+    /// How long a fetched loader script is served from memory before it is revalidated.
+    pub loader_cache_seconds: u64,
+    /// Take the client address from `X-Forwarded-For` (only behind a proxy you control).
+    pub trust_forwarded_for: bool,
+    /// Tracking requests per second from one client address (0: unlimited).
+    pub per_ip_requests_per_second: u32,
+    /// Tracking requests per second to one site (0: unlimited).
+    pub per_site_requests_per_second: u32,
+    /// Largest tracking request body, before and after gzip decoding.
+    pub max_body_bytes: usize,
+    /// How often each process reloads the site directory (changes made through this process
+    /// apply at once).
+    pub directory_refresh_seconds: u64,
+}
+
+impl Default for TrackingConfig {
+    fn default() -> Self {
+        Self {
+            loader_upstream: "https://www.googletagmanager.com".to_owned(),
+            loader_cache_seconds: 900,
+            trust_forwarded_for: false,
+            per_ip_requests_per_second: 100,
+            per_site_requests_per_second: 0,
+            max_body_bytes: 1024 * 1024,
+            directory_refresh_seconds: 5,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -85,6 +123,8 @@ impl Default for Config {
             max_body_bytes: 1024 * 1024,
             auth: AuthConfig::default(),
             jobs: JobsConfig::default(),
+            event_log_url: None,
+            tracking: TrackingConfig::default(),
         }
     }
 }
@@ -136,6 +176,8 @@ impl Config {
         "max_body_bytes",
         "auth",
         "jobs",
+        "event_log_url",
+        "tracking",
     ];
 
     /// Checks what serde cannot: formats, ranges and cross-field rules.
@@ -180,6 +222,22 @@ impl Config {
         if self.jobs.lease_seconds < 2 {
             return Err(err("jobs.lease_seconds", "must be at least 2"));
         }
+        if let Some(url) = &self.event_log_url
+            && !(url.starts_with("nats://") || url.starts_with("sqlite://"))
+        {
+            return Err(err("event_log_url", "expected a nats:// or sqlite:// URL"));
+        }
+        if !(self.tracking.loader_upstream.starts_with("http://")
+            || self.tracking.loader_upstream.starts_with("https://"))
+        {
+            return Err(err(
+                "tracking.loader_upstream",
+                "expected an http:// or https:// URL",
+            ));
+        }
+        if self.tracking.max_body_bytes < 1024 {
+            return Err(err("tracking.max_body_bytes", "must be at least 1024"));
+        }
         if self.auth.login_attempts_per_minute == 0 {
             return Err(err("auth.login_attempts_per_minute", "must be at least 1"));
         }
@@ -191,6 +249,14 @@ impl Config {
         match &self.database_url {
             Some(url) => url.expose_secret().to_owned(),
             None => format!("sqlite://{}", self.data_dir.join("state.db").display()),
+        }
+    }
+
+    /// The event log URL after defaults.
+    pub fn event_log_url(&self) -> String {
+        match &self.event_log_url {
+            Some(url) => url.clone(),
+            None => format!("sqlite://{}", self.data_dir.join("events.db").display()),
         }
     }
 

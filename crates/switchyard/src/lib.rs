@@ -22,12 +22,17 @@ use secrecy::ExposeSecret;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+use tracking::gateway::usage::Usage;
+use tracking::log::EventLog;
+use tracking::sites::directory::SiteDirectory;
 
 /// What one process does. `serve` runs every role unless `--roles` picks some.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, clap::ValueEnum)]
 pub enum ServeRole {
     /// The REST API, dashboard, health and metrics endpoints.
     Api,
+    /// The public tracking endpoints (collect, loader, preview).
+    Gateway,
     /// Background work: jobs, the outbox relay, schedules.
     Worker,
 }
@@ -35,7 +40,9 @@ pub enum ServeRole {
 pub type Roles = BTreeSet<ServeRole>;
 
 pub fn all_roles() -> Roles {
-    [ServeRole::Api, ServeRole::Worker].into_iter().collect()
+    [ServeRole::Api, ServeRole::Gateway, ServeRole::Worker]
+        .into_iter()
+        .collect()
 }
 
 /// Loads configuration: defaults → TOML file → `SWITCHYARD_*` environment → `overrides` (flags).
@@ -63,7 +70,7 @@ pub fn load_config(file: Option<&Path>, overrides: Figment) -> anyhow::Result<Co
 /// Opens the state database and runs every migration.
 pub async fn open_database(config: &Config) -> anyhow::Result<Db> {
     let db = Db::connect(&config.state_database_url()).await?;
-    db.migrate(&[&platform::MIGRATIONS])
+    db.migrate(&[&platform::MIGRATIONS, &tracking::MIGRATIONS])
         .await
         .context("database migration failed")?;
     Ok(db)
@@ -87,11 +94,29 @@ pub fn secret_box(config: &Config) -> anyhow::Result<SecretBox> {
     Ok(sb)
 }
 
-/// Builds the shared state: database (migrated), secret box, limiters.
-pub async fn build_state(config: Config) -> anyhow::Result<AppState> {
+/// Everything the roles share: product state, the event log, the site directory.
+#[derive(Clone)]
+pub struct App {
+    pub state: AppState,
+    pub log: Arc<dyn EventLog>,
+    pub directory: Arc<SiteDirectory>,
+    pub usage: Arc<Usage>,
+}
+
+/// Opens every store (migrated), the secret box and the event log.
+pub async fn build(config: Config) -> anyhow::Result<App> {
     let db = open_database(&config).await?;
     let secrets = secret_box(&config)?;
-    Ok(AppState::new(db, config, secrets))
+    let log = tracking::log::open(&config.event_log_url())
+        .await
+        .context("cannot open the event log")?;
+    let directory = SiteDirectory::load(db.clone()).await?;
+    Ok(App {
+        state: AppState::new(db, config, secrets),
+        log,
+        directory,
+        usage: Arc::new(Usage::default()),
+    })
 }
 
 /// Every job handler and outbox consumer of every feature.
@@ -146,24 +171,38 @@ async fn start_worker_role(
 
 /// Serves until `shutdown` is cancelled, then drains in-flight requests and background work.
 pub async fn run(
-    state: AppState,
+    app: App,
     listener: TcpListener,
     roles: Roles,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    let state = app.state.clone();
     let mut background = JoinSet::new();
     if roles.contains(&ServeRole::Worker) {
         start_worker_role(&state, &shutdown, &mut background).await?;
     }
-    if roles.contains(&ServeRole::Api) {
-        let app = server::router(state.clone());
+    let refresh = Duration::from_secs(state.config.tracking.directory_refresh_seconds.max(1));
+    let (directory, token) = (app.directory.clone(), shutdown.clone());
+    background.spawn(async move {
+        directory.refresh_loop(refresh, token).await;
+        Ok(())
+    });
+    if roles.contains(&ServeRole::Gateway) {
+        let (usage, db, token) = (app.usage.clone(), state.db.clone(), shutdown.clone());
+        background.spawn(async move {
+            usage.flush_loop(db, Duration::from_secs(5), token).await;
+            Ok(())
+        });
+    }
+    if roles.contains(&ServeRole::Api) || roles.contains(&ServeRole::Gateway) {
+        let router = server::router(&app, &roles)?;
         let addr = listener.local_addr()?;
         tracing::info!(%addr, "listening");
         let token = shutdown.clone();
         background.spawn(async move {
             axum::serve(
                 listener,
-                app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+                router.into_make_service_with_connect_info::<std::net::SocketAddr>(),
             )
             .with_graceful_shutdown(token.cancelled_owned())
             .await
@@ -184,6 +223,8 @@ pub async fn run(
             }
         }
     }
+    // Everything that appends has stopped: flush the log, then close the database.
+    app.log.close().await;
     state.db.close().await;
     result
 }

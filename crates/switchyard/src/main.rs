@@ -30,7 +30,7 @@ enum Command {
         #[arg(long, env = "SWITCHYARD_LISTEN")]
         listen: Option<String>,
         /// Roles this process runs, comma separated.
-        #[arg(long, value_delimiter = ',', default_values = ["api", "worker"])]
+        #[arg(long, value_delimiter = ',', default_values = ["api", "gateway", "worker"])]
         roles: Vec<ServeRole>,
     },
     /// Apply database migrations and exit.
@@ -198,11 +198,11 @@ async fn real_main() -> anyhow::Result<()> {
             let listener = tokio::net::TcpListener::bind(config.listen)
                 .await
                 .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
-            let state = switchyard::build_state(config).await?;
+            let app = switchyard::build(config).await?;
             let shutdown = CancellationToken::new();
             cancel_on_signal(shutdown.clone());
             let roles: Roles = roles.into_iter().collect();
-            switchyard::run(state, listener, roles, shutdown).await
+            switchyard::run(app, listener, roles, shutdown).await
         }
     }
 }

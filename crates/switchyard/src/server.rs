@@ -16,8 +16,11 @@ use platform::http::{method_not_allowed_fallback, not_found_fallback};
 use platform::{ApiError, AppState};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
+use tracking::gateway::{Gateway, gateway_fallback};
 use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
+
+use crate::{App, Roles, ServeRole};
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -36,6 +39,7 @@ const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
         (name = "members", description = "Members and invitations"),
         (name = "api-keys", description = "Workspace API keys"),
         (name = "jobs", description = "Background jobs: inspect, retry, cancel"),
+        (name = "sites", description = "Tracking sites: hostnames, ids, keys, loader, usage"),
     )
 )]
 struct ApiDoc;
@@ -45,6 +49,7 @@ fn api_routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .merge(platform::accounts::routes())
         .merge(platform::jobs::routes())
+        .merge(tracking::sites::routes::routes())
 }
 
 /// The OpenAPI document, as served at `/api/openapi.json`.
@@ -54,8 +59,34 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
         .into_openapi()
 }
 
-/// Builds the whole application router over `state`.
-pub fn router(state: AppState) -> Router {
+/// Builds the router of the roles this process serves: the API (with its middleware) and the
+/// public tracking gateway (kept outside the API's middleware: it is the hot path).
+pub fn router(app: &App, roles: &Roles) -> anyhow::Result<Router> {
+    let mut router = Router::new();
+    if roles.contains(&ServeRole::Api) {
+        router = router.merge(api_router(app));
+    }
+    if roles.contains(&ServeRole::Gateway) {
+        let gateway = Gateway::new(
+            app.directory.clone(),
+            app.log.clone(),
+            app.state.config.tracking.clone(),
+            app.usage.clone(),
+        )?;
+        let fallback = Router::new()
+            .fallback(gateway_fallback)
+            .with_state(gateway.clone());
+        router = router.merge(gateway.router()).fallback_service(fallback);
+        return Ok(router.layer(middleware::from_fn(record_metrics)));
+    }
+    Ok(router
+        .fallback(not_found_fallback)
+        .layer(middleware::from_fn(record_metrics)))
+}
+
+/// The API, documentation, health and metrics endpoints with their middleware.
+fn api_router(app: &App) -> Router {
+    let state = app.state.clone();
     let (api, doc) = OpenApiRouter::<AppState>::with_openapi(ApiDoc::openapi())
         .nest("/api/v1", api_routes())
         .split_for_parts();
@@ -82,8 +113,7 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .method_not_allowed_fallback(method_not_allowed_fallback)
-        .fallback(not_found_fallback)
-        .layer(middleware::from_fn(record_metrics))
+        .layer(axum::Extension(app.directory.clone()))
         .layer(DefaultBodyLimit::max(max_body))
         .layer(middleware::from_fn_with_state(max_body, refuse_oversized))
         .layer(PropagateRequestIdLayer::new(REQUEST_ID))

@@ -9,6 +9,7 @@
 mod encoding;
 pub mod error;
 pub mod ga4;
+pub mod gateway;
 pub mod hit;
 pub mod item;
 mod json;
@@ -17,8 +18,15 @@ pub mod mp;
 pub mod raw;
 pub mod segment;
 pub mod sgtm;
+pub mod sites;
 
 pub use error::ParseError;
 pub use hit::{Hit, HitFields, HitId, ParamValue, Protocol};
 pub use item::Item;
 pub use raw::RawRequest;
+
+/// Migrations of the tables this crate owns (sites, their hostnames and usage).
+pub static MIGRATIONS: platform::db::Migrations = platform::db::Migrations {
+    sqlite: sqlx::migrate!("migrations/sqlite"),
+    postgres: sqlx::migrate!("migrations/postgres"),
+};

@@ -5,7 +5,9 @@
 
 mod accounts;
 mod cli;
+mod collect;
 mod conventions;
+mod sites;
 mod support;
 mod tenancy;
 mod workspaces;

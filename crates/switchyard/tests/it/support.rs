@@ -55,6 +55,8 @@ macro_rules! backend_test {
 pub struct TestApp {
     pub addr: SocketAddr,
     pub state: AppState,
+    pub log: std::sync::Arc<dyn tracking::log::EventLog>,
+    pub usage: std::sync::Arc<tracking::gateway::usage::Usage>,
     pub client: reqwest::Client,
     shutdown: CancellationToken,
     _dir: tempfile::TempDir,
@@ -123,14 +125,17 @@ impl TestApp {
             config.database_url = Some(SecretString::from(fresh_postgres_database().await?));
         }
         tweak(&mut config);
-        let state = switchyard::build_state(config).await.expect("build state");
+        let app = switchyard::build(config).await.expect("build");
+        let state = app.state.clone();
+        let log = app.log.clone();
+        let usage = app.usage.clone();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
         let addr = listener.local_addr().expect("addr");
         let shutdown = CancellationToken::new();
         tokio::spawn(switchyard::run(
-            state.clone(),
+            app,
             listener,
             switchyard::all_roles(),
             shutdown.clone(),
@@ -138,6 +143,8 @@ impl TestApp {
         Some(TestApp {
             addr,
             state,
+            log,
+            usage,
             client: reqwest::Client::builder()
                 .redirect(reqwest::redirect::Policy::none())
                 .build()
@@ -235,4 +242,67 @@ pub struct User {
     pub token: String,
     pub id: String,
     pub csrf: String,
+}
+
+/// A NATS event log URL on a stream of its own, when `SWITCHYARD_TEST_NATS_URL` is set (and a
+/// failure when `SWITCHYARD_REQUIRE_NATS=1` says it must be).
+pub fn nats_log_url() -> Option<String> {
+    match std::env::var("SWITCHYARD_TEST_NATS_URL") {
+        Ok(url) if !url.is_empty() => {
+            Some(format!("{url}?stream=T{}", uuid::Uuid::now_v7().simple()))
+        }
+        _ => {
+            assert!(
+                std::env::var("SWITCHYARD_REQUIRE_NATS").as_deref() != Ok("1"),
+                "SWITCHYARD_REQUIRE_NATS=1 but SWITCHYARD_TEST_NATS_URL is unset"
+            );
+            eprintln!("skipped: SWITCHYARD_TEST_NATS_URL is unset");
+            None
+        }
+    }
+}
+
+impl TestApp {
+    /// A site serving `host` with measurement id `G-TEST123`; returns (site id, write key, MP secret).
+    pub async fn site(&self, user: &User, ws: &str, host: &str) -> (String, String, String) {
+        let (status, body) = self
+            .post(
+                &format!("/api/v1/workspaces/{ws}/sites"),
+                &user.token,
+                json!({
+                    "name": "Shop",
+                    "hostnames": [host],
+                    "measurement_ids": ["G-TEST123"],
+                    "web_container_id": "GTM-ABC123",
+                    "allowed_origins": ["https://shop.example.com"],
+                }),
+            )
+            .await;
+        assert_eq!(status, 201, "create site failed: {body}");
+        (
+            body["site"]["id"].as_str().unwrap().to_owned(),
+            body["site"]["write_key"].as_str().unwrap().to_owned(),
+            body["mp_api_secret"].as_str().unwrap().to_owned(),
+        )
+    }
+
+    /// Every record in the event log, in order (reads as a fresh consumer group).
+    pub async fn log_records(&self) -> Vec<tracking::gateway::LogRecord> {
+        let group = format!("test-{}", uuid::Uuid::now_v7().simple());
+        let mut sub = self.log.subscribe(&group).await.unwrap();
+        let mut out = Vec::new();
+        loop {
+            let batch = sub
+                .next_batch(500, std::time::Duration::from_millis(200))
+                .await
+                .unwrap();
+            if batch.is_empty() {
+                return out;
+            }
+            for delivery in &batch {
+                out.push(serde_json::from_slice(&delivery.payload).expect("a LogRecord"));
+            }
+            sub.ack(&batch).await.unwrap();
+        }
+    }
 }

@@ -54,6 +54,9 @@ async fn fixtures(app: &TestApp, owner_a: &User, ws_a: &str) -> BTreeMap<&'stati
     let (_, key_id) = app.api_key(owner_a, ws_a, "member").await;
     ids.insert("key_id", key_id);
 
+    let (site_id, _, _) = app.site(owner_a, ws_a, "tenancy-a.example.com").await;
+    ids.insert("site_id", site_id);
+
     // A job far in the future, so no worker touches it during the test.
     let job = platform::jobs::NewJob::new("tenancy.fixture", json!({ "n": 1 }))
         .workspace(ws_a.parse::<platform::id::WorkspaceId>().unwrap())

@@ -70,7 +70,7 @@ pub trait Subscription: Send {
     fn ack<'a>(&'a mut self, batch: &'a [Delivery]) -> BoxFuture<'a, anyhow::Result<()>>;
 }
 
-/// Opens the log named by `url`: `sqlite://PATH` or `nats://HOST:PORT`.
+/// Opens the log named by `url`: `sqlite://PATH` or `nats://HOST:PORT[?stream=NAME]`.
 pub async fn open(url: &str) -> anyhow::Result<Arc<dyn EventLog>> {
     if let Some(path) = url.strip_prefix("sqlite://") {
         return Ok(Arc::new(
@@ -78,9 +78,20 @@ pub async fn open(url: &str) -> anyhow::Result<Arc<dyn EventLog>> {
         ));
     }
     if url.starts_with("nats://") {
-        return Ok(Arc::new(
-            nats::NatsLog::connect(url, nats::Options::default()).await?,
-        ));
+        // `?stream=NAME` picks the stream (and subject), so deployments and tests can share
+        // one NATS server.
+        let (server, options) = match url.split_once("?stream=") {
+            Some((server, name)) if !name.is_empty() => (
+                server,
+                nats::Options {
+                    stream: name.to_owned(),
+                    subject: format!("switchyard.events.{name}"),
+                    ..nats::Options::default()
+                },
+            ),
+            _ => (url, nats::Options::default()),
+        };
+        return Ok(Arc::new(nats::NatsLog::connect(server, options).await?));
     }
     anyhow::bail!("unsupported event log URL (expected sqlite:// or nats://)")
 }

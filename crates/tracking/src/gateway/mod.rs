@@ -1,0 +1,109 @@
+//! The tracking gateway: the public collect endpoints (`/g/collect`, `/mp/collect`,
+//! `/debug/mp/collect`, Segment's `/v1/*`), the first-party loader and the sGTM preview
+//! passthrough.
+//!
+//! A hit's path: the request is captured as a [`RawRequest`] (body gzip-decoded, client address
+//! resolved), its site found from the `Host` header, write key or measurement id (in memory, no
+//! database), parsed by the protocol's parser into canonical hits, and appended to the event log
+//! as one [`LogRecord`]. Only when the append returns — the record is durable — does the client
+//! get its 2xx. A log that cannot keep up answers 503 with `Retry-After`.
+
+mod collect;
+mod edge;
+pub mod loader;
+pub mod preview;
+pub mod usage;
+
+use std::net::IpAddr;
+use std::num::NonZeroU32;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::routing::{any, get, post};
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use platform::config::TrackingConfig;
+use platform::id::WorkspaceId;
+use serde::{Deserialize, Serialize};
+
+use crate::log::EventLog;
+use crate::sites::SiteId;
+use crate::sites::directory::SiteDirectory;
+use crate::{Hit, RawRequest};
+
+pub use collect::gateway_fallback;
+
+platform::typed_id!(
+    /// One accepted tracking request in the event log.
+    RecordId,
+    "rec"
+);
+
+/// What the gateway appends to the event log for each accepted request: the original request
+/// (for byte-faithful forwarding) and the hits parsed from it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LogRecord {
+    pub id: RecordId,
+    pub site_id: SiteId,
+    pub workspace_id: WorkspaceId,
+    /// The user agent looked like a bot or crawler.
+    pub bot: bool,
+    pub request: RawRequest,
+    pub hits: Vec<Hit>,
+}
+
+/// Everything the gateway's handlers share.
+pub struct Gateway {
+    pub directory: Arc<SiteDirectory>,
+    pub log: Arc<dyn EventLog>,
+    pub config: TrackingConfig,
+    pub http: reqwest::Client,
+    pub usage: Arc<usage::Usage>,
+    pub loader_cache: loader::LoaderCache,
+    per_ip: Option<DefaultKeyedRateLimiter<IpAddr>>,
+    per_site: Option<DefaultKeyedRateLimiter<SiteId>>,
+}
+
+impl Gateway {
+    pub fn new(
+        directory: Arc<SiteDirectory>,
+        log: Arc<dyn EventLog>,
+        config: TrackingConfig,
+        usage: Arc<usage::Usage>,
+    ) -> anyhow::Result<Arc<Gateway>> {
+        fn limiter<K: Clone + Eq + std::hash::Hash>(
+            per_second: u32,
+        ) -> Option<DefaultKeyedRateLimiter<K>> {
+            NonZeroU32::new(per_second).map(|n| RateLimiter::keyed(Quota::per_second(n)))
+        }
+        // Outbound calls (loader upstream, preview server) must never hang a request.
+        let http = reqwest::Client::builder()
+            .timeout(std::time::Duration::from_secs(10))
+            .redirect(reqwest::redirect::Policy::limited(3))
+            .build()?;
+        Ok(Arc::new(Gateway {
+            directory,
+            log,
+            per_ip: limiter(config.per_ip_requests_per_second),
+            per_site: limiter(config.per_site_requests_per_second),
+            loader_cache: loader::LoaderCache::new(),
+            config,
+            http,
+            usage,
+        }))
+    }
+
+    /// The public tracking routes (mounted at the root, outside `/api`).
+    pub fn router(self: &Arc<Self>) -> Router {
+        Router::new()
+            .route("/g/collect", any(collect::ga4_collect))
+            .route("/mp/collect", any(collect::mp_collect))
+            .route("/debug/mp/collect", any(collect::mp_debug))
+            .route(
+                "/v1/{call}",
+                post(collect::segment).options(collect::segment_preflight),
+            )
+            .route("/gtm.js", get(loader::gtm_js))
+            .route("/gtag/js", get(loader::gtag_js))
+            .with_state(self.clone())
+    }
+}
