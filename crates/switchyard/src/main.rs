@@ -76,6 +76,10 @@ struct StorageArgs {
     /// `postgres://…` to keep product state in PostgreSQL.
     #[arg(long, env = "SWITCHYARD_DATABASE_URL", hide_env_values = true)]
     database_url: Option<String>,
+    /// `nats://…` puts the tracking event log in NATS JetStream (default: SQLite in the data
+    /// directory).
+    #[arg(long, env = "SWITCHYARD_EVENT_LOG_URL")]
+    event_log_url: Option<String>,
     /// `text` or `json` logs.
     #[arg(long, env = "SWITCHYARD_LOG_FORMAT")]
     log_format: Option<String>,
@@ -89,6 +93,9 @@ impl StorageArgs {
         }
         if let Some(url) = &self.database_url {
             overrides = overrides.merge(Serialized::default("database_url", url));
+        }
+        if let Some(url) = &self.event_log_url {
+            overrides = overrides.merge(Serialized::default("event_log_url", url));
         }
         if let Some(format) = &self.log_format {
             overrides = overrides.merge(Serialized::default("log_format", format));
