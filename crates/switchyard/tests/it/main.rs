@@ -7,6 +7,7 @@ mod accounts;
 mod cli;
 mod collect;
 mod conventions;
+mod loader;
 mod sites;
 mod support;
 mod tenancy;
