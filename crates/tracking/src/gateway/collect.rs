@@ -9,7 +9,7 @@ use axum::http::{StatusCode, header, request::Parts};
 use axum::response::{IntoResponse, Response};
 use platform::ApiError;
 
-use super::edge::{self, capture, cors_headers, is_preflight, preflight};
+use super::edge::{self, cors_headers, is_preflight, preflight};
 use super::{Gateway, LogRecord, RecordId, loader, preview};
 use crate::log::AppendError;
 use crate::sites::directory::SiteConfig;
@@ -88,6 +88,20 @@ fn check_limits(gateway: &Gateway, site: &SiteConfig, raw: &RawRequest) -> Resul
             .map_err(|n| limited(n.wait_time_from(now)))?;
     }
     Ok(())
+}
+
+/// Counts the request against the limits, then appends it; returns once it is durable.
+async fn accept(
+    gateway: &Gateway,
+    site: &Arc<SiteConfig>,
+    raw: RawRequest,
+    hits: Vec<Hit>,
+    bot: bool,
+) -> Result<(), Refusal> {
+    check_limits(gateway, site, &raw).map_err(|e| Refusal::new(e, Some(site)))?;
+    append(gateway, site, raw, hits, bot)
+        .await
+        .map_err(|e| Refusal::new(e, Some(site)))
 }
 
 /// Appends one record and returns once it is durable.
@@ -190,17 +204,10 @@ async fn ga4_accept(
     site: Option<Arc<SiteConfig>>,
     path: Option<&str>,
 ) -> Result<Arc<SiteConfig>, Refusal> {
-    let limit = gateway.config.max_body_bytes;
-    let raw = capture(
-        parts,
-        body,
-        peer,
-        gateway.config.trust_forwarded_for,
-        limit,
-        path,
-    )
-    .await
-    .map_err(|e| Refusal::new(e, site.as_ref()))?;
+    let raw = gateway
+        .capture(parts, body, peer, path)
+        .await
+        .map_err(|e| Refusal::new(e, site.as_ref()))?;
     let hits = ga4::parse(&raw).map_err(|e| Refusal::new(parse_error(e), site.as_ref()))?;
     let site = match site {
         Some(site) => site,
@@ -225,11 +232,8 @@ async fn ga4_accept(
             Some(&site),
         ));
     }
-    check_limits(gateway, &site, &raw).map_err(|e| Refusal::new(e, Some(&site)))?;
     let bot = edge::is_bot(raw.user_agent());
-    append(gateway, &site, raw, hits, bot)
-        .await
-        .map_err(|e| Refusal::new(e, Some(&site)))?;
+    accept(gateway, &site, raw, hits, bot).await?;
     Ok(site)
 }
 
@@ -253,17 +257,10 @@ async fn mp_accept(
     peer: SocketAddr,
 ) -> Result<(), Refusal> {
     let host_site = host_of(parts).and_then(|h| gateway.directory.by_host(h));
-    let limit = gateway.config.max_body_bytes;
-    let raw = capture(
-        parts,
-        body,
-        peer,
-        gateway.config.trust_forwarded_for,
-        limit,
-        None,
-    )
-    .await
-    .map_err(|e| Refusal::new(e, host_site.as_ref()))?;
+    let raw = gateway
+        .capture(parts, body, peer, None)
+        .await
+        .map_err(|e| Refusal::new(e, host_site.as_ref()))?;
     let request = mp::parse(&raw).map_err(|e| Refusal::new(parse_error(e), host_site.as_ref()))?;
     let site = match (host_site, &request.stream) {
         (Some(site), _) => site,
@@ -283,10 +280,7 @@ async fn mp_accept(
             Some(&site),
         ));
     }
-    check_limits(gateway, &site, &raw).map_err(|e| Refusal::new(e, Some(&site)))?;
-    append(gateway, &site, raw, request.hits, false)
-        .await
-        .map_err(|e| Refusal::new(e, Some(&site)))
+    accept(gateway, &site, raw, request.hits, false).await
 }
 
 /// `POST /debug/mp/collect`: GA4's validation answer; nothing is stored, no secret is needed.
@@ -296,8 +290,7 @@ pub async fn mp_debug(
     request: Request,
 ) -> Response {
     let (parts, body) = request.into_parts();
-    let limit = gateway.config.max_body_bytes;
-    match capture(&parts, body, peer, false, limit, None).await {
+    match gateway.capture(&parts, body, peer, None).await {
         Ok(raw) => axum::Json(mp::validate(&raw)).into_response(),
         Err(error) => error.into_response(),
     }
@@ -331,17 +324,10 @@ async fn segment_accept(
     body: Body,
     peer: SocketAddr,
 ) -> Result<(), Refusal> {
-    let limit = gateway.config.max_body_bytes;
-    let raw = capture(
-        parts,
-        body,
-        peer,
-        gateway.config.trust_forwarded_for,
-        limit,
-        None,
-    )
-    .await
-    .map_err(|e| Refusal::new(e, None))?;
+    let raw = gateway
+        .capture(parts, body, peer, None)
+        .await
+        .map_err(|e| Refusal::new(e, None))?;
     let request = segment::parse(&raw).map_err(|e| Refusal::new(parse_error(e), None))?;
     let site = gateway
         .directory
@@ -352,10 +338,7 @@ async fn segment_accept(
                 None,
             )
         })?;
-    check_limits(gateway, &site, &raw).map_err(|e| Refusal::new(e, Some(&site)))?;
-    append(gateway, &site, raw, request.hits, false)
-        .await
-        .map_err(|e| Refusal::new(e, Some(&site)))
+    accept(gateway, &site, raw, request.hits, false).await
 }
 
 /// Preflight for Segment calls from browsers.

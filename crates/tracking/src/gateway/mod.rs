@@ -92,6 +92,25 @@ impl Gateway {
         }))
     }
 
+    /// Reads a tracking request within this gateway's limits (see [`edge::capture`]).
+    pub(crate) async fn capture(
+        &self,
+        parts: &axum::http::request::Parts,
+        body: axum::body::Body,
+        peer: std::net::SocketAddr,
+        path: Option<&str>,
+    ) -> Result<RawRequest, platform::ApiError> {
+        edge::capture(
+            parts,
+            body,
+            peer,
+            self.config.trust_forwarded_for,
+            self.config.max_body_bytes,
+            path,
+        )
+        .await
+    }
+
     /// The public tracking routes (mounted at the root, outside `/api`).
     pub fn router(self: &Arc<Self>) -> Router {
         Router::new()

@@ -11,7 +11,6 @@ use axum::response::{IntoResponse, Response};
 use platform::{ApiError, Timestamp};
 
 use super::Gateway;
-use super::edge::capture;
 use crate::sgtm::PreviewToken;
 use crate::sites::directory::SiteConfig;
 
@@ -76,15 +75,7 @@ async fn try_forward(
             "This site has no preview server; set `preview_server_url`.",
         ));
     };
-    let raw = capture(
-        parts,
-        body,
-        peer,
-        gateway.config.trust_forwarded_for,
-        gateway.config.max_body_bytes,
-        None,
-    )
-    .await?;
+    let raw = gateway.capture(parts, body, peer, None).await?;
     let mut url = format!("{server}{}", parts.uri.path());
     if let Some(query) = parts.uri.query() {
         url.push('?');
