@@ -77,6 +77,35 @@ CONF
   return 1
 }
 
+# The npm packages of the Node.js client tests (crates/switchyard/tests/node: the official Segment
+# library), installed from the committed package-lock.json and kept in its node_modules while the
+# lock file is unchanged. Needs Node.js 20+ (Debian's is older, so none is installed here).
+# Exports SWITCHYARD_TEST_NODE (the node binary).
+install_node_deps() {
+  local dir=crates/switchyard/tests/node log
+  if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+    say "node and npm not found (Node.js 20+ is needed)"
+    return 1
+  fi
+  if [ "$(node -p 'process.versions.node.split(".")[0]')" -lt 20 ]; then
+    say "Node.js $(node --version) is too old (20+ is needed)"
+    return 1
+  fi
+  if ! cmp -s "$dir/package-lock.json" "$dir/node_modules/.installed-package-lock.json"; then
+    log=$(mktemp)
+    if ! npm ci --prefix "$dir" --loglevel=error --no-audit --no-fund >"$log" 2>&1; then
+      cat "$log" >&2
+      rm -f "$log"
+      return 1
+    fi
+    rm -f "$log"
+    cp "$dir/package-lock.json" "$dir/node_modules/.installed-package-lock.json"
+  fi
+  SWITCHYARD_TEST_NODE=$(command -v node)
+  export SWITCHYARD_TEST_NODE
+  say "Node.js $(node --version) with the packages of $dir"
+}
+
 stop_services() {
   if [ -n "${PG_STOP:-}" ]; then "${PG_STOP[@]}" >/dev/null 2>&1 || true; fi
   for pid in "${STARTED_PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done

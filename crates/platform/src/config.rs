@@ -34,6 +34,10 @@ pub struct Config {
     /// `nats://…` puts the tracking event log in NATS JetStream; unset means
     /// `sqlite://{data_dir}/events.db`.
     pub event_log_url: Option<String>,
+    /// Where analytics are stored; unset means `sqlite://{data_dir}/analytics.db`.
+    pub analytics_url: Option<String>,
+    /// A MaxMind-format (GeoIP2/GeoLite2 City) database for country/region/city; unset: no geo.
+    pub geoip_database: Option<PathBuf>,
     pub tracking: TrackingConfig,
 }
 
@@ -124,6 +128,8 @@ impl Default for Config {
             auth: AuthConfig::default(),
             jobs: JobsConfig::default(),
             event_log_url: None,
+            analytics_url: None,
+            geoip_database: None,
             tracking: TrackingConfig::default(),
         }
     }
@@ -177,6 +183,8 @@ impl Config {
         "auth",
         "jobs",
         "event_log_url",
+        "analytics_url",
+        "geoip_database",
         "tracking",
     ];
 
@@ -227,6 +235,16 @@ impl Config {
         {
             return Err(err("event_log_url", "expected a nats:// or sqlite:// URL"));
         }
+        if let Some(url) = &self.analytics_url
+            && !url.starts_with("sqlite://")
+        {
+            return Err(err("analytics_url", "expected a sqlite:// URL"));
+        }
+        if let Some(path) = &self.geoip_database
+            && !path.is_file()
+        {
+            return Err(err("geoip_database", &format!("{} is not a readable file", path.display())));
+        }
         if !(self.tracking.loader_upstream.starts_with("http://")
             || self.tracking.loader_upstream.starts_with("https://"))
         {
@@ -257,6 +275,14 @@ impl Config {
         match &self.event_log_url {
             Some(url) => url.clone(),
             None => format!("sqlite://{}", self.data_dir.join("events.db").display()),
+        }
+    }
+
+    /// The analytics store URL after defaults.
+    pub fn analytics_url(&self) -> String {
+        match &self.analytics_url {
+            Some(url) => url.clone(),
+            None => format!("sqlite://{}", self.data_dir.join("analytics.db").display()),
         }
     }
 

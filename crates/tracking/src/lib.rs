@@ -6,6 +6,7 @@
 //! [`ParseError`] back, so every rule of PROTOCOLS.md §1–3 is testable without a server.
 //! `docs/hit.md` maps every wire field of every protocol to its place in a `Hit`.
 
+pub mod analytics;
 mod encoding;
 pub mod error;
 pub mod ga4;

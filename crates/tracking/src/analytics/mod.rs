@@ -1,0 +1,105 @@
+//! Analytics: enriched hits stored for dashboards, and the queries behind them.
+//!
+//! The pipeline turns each hit of a [`crate::gateway::LogRecord`] into one flat
+//! [`AnalyticsEvent`] and inserts it into an [`AnalyticsStore`]. Inserts are idempotent on the hit
+//! id, so redelivering the whole event log adds nothing twice. The embedded store is a SQLite file
+//! of its own (`analytics.db`); ClickHouse joins later behind the same trait.
+
+pub mod query;
+pub mod routes;
+pub mod sqlite;
+
+use futures::future::BoxFuture;
+use platform::Timestamp;
+use platform::id::WorkspaceId;
+use serde::{Deserialize, Serialize};
+
+use crate::HitId;
+use crate::sites::SiteId;
+
+pub use query::{Breakdown, BreakdownRow, Dimension, Filter, Interval, Query, Summary, TimeseriesPoint};
+
+/// One enriched hit, flat, as dashboards read it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct AnalyticsEvent {
+    pub hit_id: HitId,
+    pub site_id: SiteId,
+    pub workspace_id: WorkspaceId,
+    pub time: Timestamp,
+    pub event_name: String,
+    /// Who: the client id, else the user id, else the hit itself (one-off server events).
+    pub visitor: String,
+    /// The session key: `visitor` + GA4 `sid` when the hit carries one, otherwise a session
+    /// opened by the pipeline after 30 minutes of inactivity.
+    pub session: String,
+    /// The visit counts as engaged (GA4 `seg=1`, or engagement time reported).
+    pub engaged: bool,
+    pub page_host: Option<String>,
+    pub page_path: Option<String>,
+    pub page_title: Option<String>,
+    pub referrer_host: Option<String>,
+    pub source: Option<String>,
+    pub medium: Option<String>,
+    pub campaign: Option<String>,
+    pub term: Option<String>,
+    pub content: Option<String>,
+    pub channel: Option<String>,
+    pub country: Option<String>,
+    pub region: Option<String>,
+    pub city: Option<String>,
+    pub device: Option<String>,
+    pub browser: Option<String>,
+    pub os: Option<String>,
+    /// The event's `value` parameter, when numeric.
+    pub value: Option<f64>,
+    pub currency: Option<String>,
+    /// Event parameters as JSON, for breakdowns by parameter.
+    #[schema(value_type = Object)]
+    pub params: serde_json::Value,
+    pub bot: bool,
+}
+
+pub trait AnalyticsStore: Send + Sync + 'static {
+    /// Inserts events; an event whose hit id is already stored is skipped.
+    fn insert<'a>(&'a self, events: &'a [AnalyticsEvent]) -> BoxFuture<'a, anyhow::Result<()>>;
+
+    /// The session `visitor` had open at or before `time`, with its last event time, to continue
+    /// sessions across batches and restarts.
+    fn last_session<'a>(
+        &'a self,
+        site: SiteId,
+        visitor: &'a str,
+        before: Timestamp,
+    ) -> BoxFuture<'a, anyhow::Result<Option<(String, Timestamp)>>>;
+
+    fn summary<'a>(&'a self, query: &'a Query) -> BoxFuture<'a, anyhow::Result<Summary>>;
+
+    fn timeseries<'a>(
+        &'a self,
+        query: &'a Query,
+        buckets: &'a [(Timestamp, Timestamp)],
+    ) -> BoxFuture<'a, anyhow::Result<Vec<TimeseriesPoint>>>;
+
+    fn breakdown<'a>(
+        &'a self,
+        query: &'a Query,
+        dimension: &'a Dimension,
+        limit: u32,
+    ) -> BoxFuture<'a, anyhow::Result<Vec<BreakdownRow>>>;
+
+    /// Raw events, newest first, after `before` (exclusive) when given.
+    fn events<'a>(
+        &'a self,
+        query: &'a Query,
+        before: Option<HitId>,
+        limit: u32,
+    ) -> BoxFuture<'a, anyhow::Result<Vec<AnalyticsEvent>>>;
+}
+
+/// Opens the analytics store named by `url` (`sqlite://PATH`; ClickHouse comes later).
+pub async fn open(url: &str) -> anyhow::Result<std::sync::Arc<dyn AnalyticsStore>> {
+    if let Some(path) = url.strip_prefix("sqlite://") {
+        return Ok(std::sync::Arc::new(sqlite::SqliteAnalytics::open(std::path::Path::new(path)).await?));
+    }
+    anyhow::bail!("unsupported analytics URL (expected sqlite://)")
+}

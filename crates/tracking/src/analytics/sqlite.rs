@@ -1,0 +1,325 @@
+//! The embedded analytics store: one flat `events` table in its own SQLite file
+//! (`analytics.db`), keyed by hit id so inserts are idempotent, indexed by site and time.
+//!
+//! Times are integer milliseconds here (not the state database's RFC 3339 text): range scans and
+//! bucketing over millions of rows are integer comparisons. Filters and dimensions come from the
+//! closed sets in [`super::query`]; values are always bound, never spliced into SQL.
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::Context;
+use futures::FutureExt;
+use futures::future::BoxFuture;
+use platform::Timestamp;
+use sqlx::sqlite::{SqliteArguments, SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous};
+use sqlx::{Arguments, AssertSqlSafe, Row, SqlitePool};
+
+use super::query::{Dimension, FilterOp};
+use super::{AnalyticsEvent, AnalyticsStore, BreakdownRow, Query, Summary, TimeseriesPoint};
+use crate::HitId;
+use crate::sites::SiteId;
+
+const SCHEMA: &[&str] = &[
+    "CREATE TABLE IF NOT EXISTS events (
+        hit_id        BLOB PRIMARY KEY,
+        site_id       BLOB NOT NULL,
+        workspace_id  BLOB NOT NULL,
+        ts            INTEGER NOT NULL,
+        event_name    TEXT NOT NULL,
+        visitor       TEXT NOT NULL,
+        session       TEXT NOT NULL,
+        engaged       INTEGER NOT NULL,
+        page_host     TEXT, page_path TEXT, page_title TEXT, referrer_host TEXT,
+        source        TEXT, medium TEXT, campaign TEXT, term TEXT, content TEXT, channel TEXT,
+        country       TEXT, region TEXT, city TEXT, device TEXT, browser TEXT, os TEXT,
+        value         REAL, currency TEXT,
+        params        TEXT NOT NULL DEFAULT '{}',
+        bot           INTEGER NOT NULL
+    ) WITHOUT ROWID",
+    "CREATE INDEX IF NOT EXISTS events_site_ts ON events(site_id, ts)",
+    "CREATE INDEX IF NOT EXISTS events_site_visitor ON events(site_id, visitor, ts)",
+];
+
+const COLUMNS: &str = "hit_id, site_id, workspace_id, ts, event_name, visitor, session, engaged, \
+    page_host, page_path, page_title, referrer_host, source, medium, campaign, term, content, channel, \
+    country, region, city, device, browser, os, value, currency, params, bot";
+
+/// Rows per multi-row insert (28 columns each, well under SQLite's parameter limit).
+const ROWS_PER_INSERT: usize = 200;
+
+pub struct SqliteAnalytics {
+    pool: SqlitePool,
+}
+
+impl SqliteAnalytics {
+    pub async fn open(path: &Path) -> anyhow::Result<SqliteAnalytics> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)?;
+        }
+        let options = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            // Analytics can be rebuilt from the event log: NORMAL is durable against a crash of
+            // the process and loses at most the last commits on power loss.
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(Duration::from_secs(10));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(options)
+            .await
+            .with_context(|| format!("cannot open analytics database {}", path.display()))?;
+        for statement in SCHEMA {
+            sqlx::query(*statement).execute(&pool).await?;
+        }
+        Ok(SqliteAnalytics { pool })
+    }
+}
+
+fn millis(t: Timestamp) -> i64 {
+    t.as_datetime().timestamp_millis()
+}
+
+fn from_millis(ms: i64) -> Timestamp {
+    Timestamp::from(chrono::DateTime::from_timestamp_millis(ms).unwrap_or_default())
+}
+
+/// `site_id = ? AND ts >= ? AND ts < ? AND bot = 0` plus the filters, with their arguments.
+fn where_clause(query: &Query, from: Timestamp, to: Timestamp) -> anyhow::Result<(String, SqliteArguments)> {
+    let mut args = SqliteArguments::default();
+    args.add(query.site_id).map_err(anyhow::Error::msg)?;
+    args.add(millis(from)).map_err(anyhow::Error::msg)?;
+    args.add(millis(to)).map_err(anyhow::Error::msg)?;
+    let mut sql = String::from("site_id = ?1 AND ts >= ?2 AND ts < ?3 AND bot = 0");
+    let mut n = 3;
+    for filter in &query.filters {
+        let column = column_sql(&filter.dimension, &mut args, &mut n)?;
+        n += 1;
+        let (op, value) = match filter.op {
+            FilterOp::Is => ("=", filter.value.clone()),
+            FilterOp::IsNot => ("IS NOT", filter.value.clone()),
+            FilterOp::Contains => ("LIKE", format!("%{}%", filter.value.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_"))),
+        };
+        let escape = if filter.op == FilterOp::Contains { " ESCAPE '\\'" } else { "" };
+        sql.push_str(&format!(" AND {column} {op} ?{n}{escape}"));
+        args.add(value).map_err(anyhow::Error::msg)?;
+    }
+    Ok((sql, args))
+}
+
+/// The SQL for a dimension: a whitelisted column, or a bound JSON path into `params`.
+fn column_sql(dimension: &Dimension, args: &mut SqliteArguments, n: &mut usize) -> anyhow::Result<String> {
+    Ok(match dimension {
+        Dimension::Column(column) => (*column).to_owned(),
+        Dimension::Param(name) => {
+            *n += 1;
+            args.add(format!("$.\"{name}\"")).map_err(anyhow::Error::msg)?;
+            format!("CAST(json_extract(params, ?{n}) AS TEXT)")
+        }
+    })
+}
+
+impl AnalyticsStore for SqliteAnalytics {
+    fn insert<'a>(&'a self, events: &'a [AnalyticsEvent]) -> BoxFuture<'a, anyhow::Result<()>> {
+        async move {
+            let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+            for chunk in events.chunks(ROWS_PER_INSERT) {
+                let placeholders = vec!["(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"; chunk.len()].join(",");
+                let sql = format!("INSERT INTO events ({COLUMNS}) VALUES {placeholders} ON CONFLICT (hit_id) DO NOTHING");
+                let mut query = sqlx::query(AssertSqlSafe(sql));
+                for e in chunk {
+                    query = query
+                        .bind(e.hit_id).bind(e.site_id).bind(e.workspace_id).bind(millis(e.time))
+                        .bind(&e.event_name).bind(&e.visitor).bind(&e.session).bind(e.engaged)
+                        .bind(&e.page_host).bind(&e.page_path).bind(&e.page_title).bind(&e.referrer_host)
+                        .bind(&e.source).bind(&e.medium).bind(&e.campaign).bind(&e.term).bind(&e.content)
+                        .bind(&e.channel).bind(&e.country).bind(&e.region).bind(&e.city).bind(&e.device)
+                        .bind(&e.browser).bind(&e.os).bind(e.value).bind(&e.currency)
+                        .bind(e.params.to_string()).bind(e.bot);
+                }
+                query.execute(&mut *tx).await?;
+            }
+            tx.commit().await?;
+            Ok(())
+        }
+        .boxed()
+    }
+
+    fn last_session<'a>(
+        &'a self,
+        site: SiteId,
+        visitor: &'a str,
+        before: Timestamp,
+    ) -> BoxFuture<'a, anyhow::Result<Option<(String, Timestamp)>>> {
+        async move {
+            let row: Option<(String, i64)> = sqlx::query_as(
+                "SELECT session, ts FROM events WHERE site_id = ?1 AND visitor = ?2 AND ts <= ?3
+                 ORDER BY ts DESC LIMIT 1",
+            )
+            .bind(site)
+            .bind(visitor)
+            .bind(millis(before))
+            .fetch_optional(&self.pool)
+            .await?;
+            Ok(row.map(|(session, ts)| (session, from_millis(ts))))
+        }
+        .boxed()
+    }
+
+    fn summary<'a>(&'a self, query: &'a Query) -> BoxFuture<'a, anyhow::Result<Summary>> {
+        async move {
+            let (filter, args) = where_clause(query, query.from, query.to)?;
+            let sessions_sql = format!(
+                "SELECT COALESCE(AVG(pv <= 1 AND eng = 0), 0.0), COALESCE(AVG(dur), 0.0) FROM (
+                    SELECT SUM(event_name = 'page_view') AS pv, MAX(engaged) AS eng,
+                           (MAX(ts) - MIN(ts)) / 1000.0 AS dur
+                    FROM events WHERE {filter} GROUP BY session)"
+            );
+            let totals: SqliteRow = sqlx::query_with(
+                AssertSqlSafe(format!(
+                    "SELECT COUNT(DISTINCT visitor), COUNT(DISTINCT session),
+                            COALESCE(SUM(event_name = 'page_view'), 0), COUNT(*)
+                     FROM events WHERE {filter}"
+                )),
+                args.clone(),
+            )
+            .fetch_one(&self.pool)
+            .await?;
+            let sessions: SqliteRow = sqlx::query_with(AssertSqlSafe(sessions_sql), args)
+                .fetch_one(&self.pool)
+                .await?;
+            Ok(Summary {
+                visitors: totals.try_get(0)?,
+                sessions: totals.try_get(1)?,
+                pageviews: totals.try_get(2)?,
+                events: totals.try_get(3)?,
+                bounce_rate: sessions.try_get(0)?,
+                avg_session_seconds: sessions.try_get(1)?,
+            })
+        }
+        .boxed()
+    }
+
+    fn timeseries<'a>(
+        &'a self,
+        query: &'a Query,
+        buckets: &'a [(Timestamp, Timestamp)],
+    ) -> BoxFuture<'a, anyhow::Result<Vec<TimeseriesPoint>>> {
+        async move {
+            let mut points = Vec::with_capacity(buckets.len());
+            // One indexed range scan per bucket: exact distinct counts, and each bucket is a
+            // calendar unit of the site's zone computed by the caller (DST-correct).
+            for (start, end) in buckets {
+                let (filter, args) = where_clause(query, (*start).max(query.from), (*end).min(query.to))?;
+                let row: SqliteRow = sqlx::query_with(
+                    AssertSqlSafe(format!(
+                        "SELECT COUNT(DISTINCT visitor), COUNT(DISTINCT session),
+                                COALESCE(SUM(event_name = 'page_view'), 0), COUNT(*)
+                         FROM events WHERE {filter}"
+                    )),
+                    args,
+                )
+                .fetch_one(&self.pool)
+                .await?;
+                points.push(TimeseriesPoint {
+                    start: *start,
+                    visitors: row.try_get(0)?,
+                    sessions: row.try_get(1)?,
+                    pageviews: row.try_get(2)?,
+                    events: row.try_get(3)?,
+                });
+            }
+            Ok(points)
+        }
+        .boxed()
+    }
+
+    fn breakdown<'a>(
+        &'a self,
+        query: &'a Query,
+        dimension: &'a Dimension,
+        limit: u32,
+    ) -> BoxFuture<'a, anyhow::Result<Vec<BreakdownRow>>> {
+        async move {
+            let (filter, mut args) = where_clause(query, query.from, query.to)?;
+            let mut n = 3 + query.filters.len() + query.filters.iter().filter(|f| matches!(f.dimension, Dimension::Param(_))).count();
+            let column = column_sql(dimension, &mut args, &mut n)?;
+            n += 1;
+            args.add(i64::from(limit)).map_err(anyhow::Error::msg)?;
+            let rows: Vec<SqliteRow> = sqlx::query_with(
+                AssertSqlSafe(format!(
+                    "SELECT {column} AS value, COUNT(DISTINCT visitor) AS visitors, COUNT(*) AS events
+                     FROM events WHERE {filter} GROUP BY 1 ORDER BY visitors DESC, events DESC, value LIMIT ?{n}"
+                )),
+                args,
+            )
+            .fetch_all(&self.pool)
+            .await?;
+            rows.iter()
+                .map(|r| Ok(BreakdownRow { value: r.try_get(0)?, visitors: r.try_get(1)?, events: r.try_get(2)? }))
+                .collect()
+        }
+        .boxed()
+    }
+
+    fn events<'a>(
+        &'a self,
+        query: &'a Query,
+        before: Option<HitId>,
+        limit: u32,
+    ) -> BoxFuture<'a, anyhow::Result<Vec<AnalyticsEvent>>> {
+        async move {
+            let (filter, mut args) = where_clause(query, query.from, query.to)?;
+            let n = 4 + query.filters.len() + query.filters.iter().filter(|f| matches!(f.dimension, Dimension::Param(_))).count();
+            args.add(before.map(|b| b.uuid())).map_err(anyhow::Error::msg)?;
+            args.add(i64::from(limit)).map_err(anyhow::Error::msg)?;
+            let rows: Vec<SqliteRow> = sqlx::query_with(
+                AssertSqlSafe(format!(
+                    "SELECT {COLUMNS} FROM events WHERE {filter} AND (?{n} IS NULL OR hit_id < ?{n})
+                     ORDER BY hit_id DESC LIMIT ?{}",
+                    n + 1
+                )),
+                args,
+            )
+            .fetch_all(&self.pool)
+            .await?;
+            rows.iter().map(row_to_event).collect()
+        }
+        .boxed()
+    }
+}
+
+fn row_to_event(r: &SqliteRow) -> anyhow::Result<AnalyticsEvent> {
+    let params: String = r.try_get("params")?;
+    Ok(AnalyticsEvent {
+        hit_id: r.try_get("hit_id")?,
+        site_id: r.try_get("site_id")?,
+        workspace_id: r.try_get("workspace_id")?,
+        time: from_millis(r.try_get("ts")?),
+        event_name: r.try_get("event_name")?,
+        visitor: r.try_get("visitor")?,
+        session: r.try_get("session")?,
+        engaged: r.try_get("engaged")?,
+        page_host: r.try_get("page_host")?,
+        page_path: r.try_get("page_path")?,
+        page_title: r.try_get("page_title")?,
+        referrer_host: r.try_get("referrer_host")?,
+        source: r.try_get("source")?,
+        medium: r.try_get("medium")?,
+        campaign: r.try_get("campaign")?,
+        term: r.try_get("term")?,
+        content: r.try_get("content")?,
+        channel: r.try_get("channel")?,
+        country: r.try_get("country")?,
+        region: r.try_get("region")?,
+        city: r.try_get("city")?,
+        device: r.try_get("device")?,
+        browser: r.try_get("browser")?,
+        os: r.try_get("os")?,
+        value: r.try_get("value")?,
+        currency: r.try_get("currency")?,
+        params: serde_json::from_str(&params).unwrap_or_default(),
+        bot: r.try_get("bot")?,
+    })
+}
