@@ -17,7 +17,9 @@ use serde::{Deserialize, Serialize};
 use crate::HitId;
 use crate::sites::SiteId;
 
-pub use query::{Breakdown, BreakdownRow, Dimension, Filter, Interval, Query, Summary, TimeseriesPoint};
+pub use query::{
+    Breakdown, BreakdownRow, Dimension, Filter, Interval, Query, Summary, TimeseriesPoint,
+};
 
 /// One enriched hit, flat, as dashboards read it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -99,7 +101,9 @@ pub trait AnalyticsStore: Send + Sync + 'static {
 /// Opens the analytics store named by `url` (`sqlite://PATH`; ClickHouse comes later).
 pub async fn open(url: &str) -> anyhow::Result<std::sync::Arc<dyn AnalyticsStore>> {
     if let Some(path) = url.strip_prefix("sqlite://") {
-        return Ok(std::sync::Arc::new(sqlite::SqliteAnalytics::open(std::path::Path::new(path)).await?));
+        return Ok(std::sync::Arc::new(
+            sqlite::SqliteAnalytics::open(std::path::Path::new(path)).await?,
+        ));
     }
     anyhow::bail!("unsupported analytics URL (expected sqlite://)")
 }

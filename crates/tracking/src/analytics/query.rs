@@ -45,11 +45,16 @@ impl Dimension {
         if let Some(param) = name.strip_prefix("param:") {
             let ok = !param.is_empty()
                 && param.len() <= 40
-                && param.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+                && param
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_');
             return if ok {
                 Ok(Dimension::Param(param.to_owned()))
             } else {
-                Err(ApiError::bad_request("invalid_dimension", "`param:` needs a parameter name of letters, digits and `_`."))
+                Err(ApiError::bad_request(
+                    "invalid_dimension",
+                    "`param:` needs a parameter name of letters, digits and `_`.",
+                ))
             };
         }
         COLUMNS
@@ -60,7 +65,10 @@ impl Dimension {
                 let names: Vec<&str> = COLUMNS.iter().map(|(p, _)| *p).collect();
                 ApiError::bad_request(
                     "invalid_dimension",
-                    format!("Unknown dimension `{name}`; use one of {} or `param:<name>`.", names.join(", ")),
+                    format!(
+                        "Unknown dimension `{name}`; use one of {} or `param:<name>`.",
+                        names.join(", ")
+                    ),
                 )
             })
     }
@@ -106,7 +114,11 @@ impl Filter {
             "contains" => FilterOp::Contains,
             _ => return Err(bad()),
         };
-        Ok(Filter { dimension: Dimension::parse(&dimension_text)?, op, value: value.to_owned() })
+        Ok(Filter {
+            dimension: Dimension::parse(&dimension_text)?,
+            op,
+            value: value.to_owned(),
+        })
     }
 }
 
@@ -167,7 +179,12 @@ pub enum Interval {
 /// The buckets covering `[from, to)` in `zone`: calendar hours, days, weeks (from Monday) or
 /// months of the site's local time, as UTC instants, so DST days are 23 or 25 hours long as
 /// they should be. At most 1,000 buckets.
-pub fn buckets(from: Timestamp, to: Timestamp, interval: Interval, zone: Tz) -> Result<Vec<(Timestamp, Timestamp)>, ApiError> {
+pub fn buckets(
+    from: Timestamp,
+    to: Timestamp,
+    interval: Interval,
+    zone: Tz,
+) -> Result<Vec<(Timestamp, Timestamp)>, ApiError> {
     let local = from.as_datetime().with_timezone(&zone);
     let start_date = local.date_naive();
     let mut cursor: DateTime<Utc> = match interval {
@@ -177,15 +194,24 @@ pub fn buckets(from: Timestamp, to: Timestamp, interval: Interval, zone: Tz) -> 
             .and_then(|d| d.with_nanosecond(0))
             .map_or(from.as_datetime(), |d| d.with_timezone(&Utc)),
         Interval::Day => midnight(start_date, zone),
-        Interval::Week => midnight(start_date - Duration::days(i64::from(start_date.weekday().num_days_from_monday())), zone),
+        Interval::Week => midnight(
+            start_date - Duration::days(i64::from(start_date.weekday().num_days_from_monday())),
+            zone,
+        ),
         Interval::Month => midnight(start_date.with_day(1).unwrap_or(start_date), zone),
     };
     let mut out = Vec::new();
     while cursor < to.as_datetime() {
         let next = match interval {
             Interval::Hour => cursor + Duration::hours(1),
-            Interval::Day => midnight(cursor.with_timezone(&zone).date_naive() + Duration::days(1), zone),
-            Interval::Week => midnight(cursor.with_timezone(&zone).date_naive() + Duration::days(7), zone),
+            Interval::Day => midnight(
+                cursor.with_timezone(&zone).date_naive() + Duration::days(1),
+                zone,
+            ),
+            Interval::Week => midnight(
+                cursor.with_timezone(&zone).date_naive() + Duration::days(7),
+                zone,
+            ),
             Interval::Month => {
                 let d = cursor.with_timezone(&zone).date_naive();
                 let first_next = if d.month() == 12 {
@@ -201,7 +227,10 @@ pub fn buckets(from: Timestamp, to: Timestamp, interval: Interval, zone: Tz) -> 
         }
         out.push((Timestamp::from(cursor), Timestamp::from(next)));
         if out.len() > 1000 {
-            return Err(ApiError::bad_request("too_many_buckets", "Choose a longer interval or a shorter range (at most 1,000 buckets)."));
+            return Err(ApiError::bad_request(
+                "too_many_buckets",
+                "Choose a longer interval or a shorter range (at most 1,000 buckets).",
+            ));
         }
         cursor = next;
     }
@@ -213,7 +242,10 @@ fn midnight(date: NaiveDate, zone: Tz) -> DateTime<Utc> {
     let naive = date.and_hms_opt(0, 0, 0).unwrap_or_default();
     zone.from_local_datetime(&naive)
         .earliest()
-        .or_else(|| zone.from_local_datetime(&(naive + Duration::hours(1))).earliest())
+        .or_else(|| {
+            zone.from_local_datetime(&(naive + Duration::hours(1)))
+                .earliest()
+        })
         .map(|d| d.with_timezone(&Utc))
         .unwrap_or_else(|| Utc.from_utc_datetime(&naive))
 }
@@ -228,14 +260,30 @@ mod tests {
 
     #[test]
     fn dimensions_and_filters_parse_from_a_closed_set() {
-        assert_eq!(Dimension::parse("page").unwrap(), Dimension::Column("page_path"));
-        assert_eq!(Dimension::parse("param:coupon").unwrap(), Dimension::Param("coupon".into()));
+        assert_eq!(
+            Dimension::parse("page").unwrap(),
+            Dimension::Column("page_path")
+        );
+        assert_eq!(
+            Dimension::parse("param:coupon").unwrap(),
+            Dimension::Param("coupon".into())
+        );
         assert!(Dimension::parse("page_path; DROP TABLE events").is_err());
         assert!(Dimension::parse("param:a'b").is_err());
         let f = Filter::parse("country:is:GB").unwrap();
-        assert_eq!((f.dimension, f.op, f.value.as_str()), (Dimension::Column("country"), FilterOp::Is, "GB"));
+        assert_eq!(
+            (f.dimension, f.op, f.value.as_str()),
+            (Dimension::Column("country"), FilterOp::Is, "GB")
+        );
         let f = Filter::parse("param:plan:is_not:free:trial").unwrap();
-        assert_eq!((f.dimension, f.op, f.value.as_str()), (Dimension::Param("plan".into()), FilterOp::IsNot, "free:trial"));
+        assert_eq!(
+            (f.dimension, f.op, f.value.as_str()),
+            (
+                Dimension::Param("plan".into()),
+                FilterOp::IsNot,
+                "free:trial"
+            )
+        );
         assert!(Filter::parse("country:equals:GB").is_err());
         assert!(Filter::parse("nonsense").is_err());
     }
@@ -244,7 +292,13 @@ mod tests {
     fn day_buckets_follow_the_site_zone_across_dst() {
         let zone: Tz = "Europe/Berlin".parse().unwrap();
         // 2026-03-29 is the spring-forward day in Berlin: 23 hours long.
-        let b = buckets(ts("2026-03-28T12:00:00Z"), ts("2026-03-30T12:00:00Z"), Interval::Day, zone).unwrap();
+        let b = buckets(
+            ts("2026-03-28T12:00:00Z"),
+            ts("2026-03-30T12:00:00Z"),
+            Interval::Day,
+            zone,
+        )
+        .unwrap();
         assert_eq!(b.len(), 3);
         assert_eq!(b[0].0, ts("2026-03-27T23:00:00Z"));
         assert_eq!(b[1].0, ts("2026-03-28T23:00:00Z"));
@@ -255,11 +309,38 @@ mod tests {
     #[test]
     fn week_and_month_buckets_start_on_calendar_boundaries() {
         let utc: Tz = "UTC".parse().unwrap();
-        let weeks = buckets(ts("2026-11-18T10:00:00Z"), ts("2026-11-30T00:00:00Z"), Interval::Week, utc).unwrap();
+        let weeks = buckets(
+            ts("2026-11-18T10:00:00Z"),
+            ts("2026-11-30T00:00:00Z"),
+            Interval::Week,
+            utc,
+        )
+        .unwrap();
         assert_eq!(weeks[0].0, ts("2026-11-16T00:00:00Z"), "Monday");
         assert_eq!(weeks.len(), 2);
-        let months = buckets(ts("2026-11-18T10:00:00Z"), ts("2027-01-02T00:00:00Z"), Interval::Month, utc).unwrap();
-        assert_eq!(months.iter().map(|m| m.0).collect::<Vec<_>>(), vec![ts("2026-11-01T00:00:00Z"), ts("2026-12-01T00:00:00Z"), ts("2027-01-01T00:00:00Z")]);
-        assert!(buckets(ts("2020-01-01T00:00:00Z"), ts("2026-01-01T00:00:00Z"), Interval::Hour, utc).is_err());
+        let months = buckets(
+            ts("2026-11-18T10:00:00Z"),
+            ts("2027-01-02T00:00:00Z"),
+            Interval::Month,
+            utc,
+        )
+        .unwrap();
+        assert_eq!(
+            months.iter().map(|m| m.0).collect::<Vec<_>>(),
+            vec![
+                ts("2026-11-01T00:00:00Z"),
+                ts("2026-12-01T00:00:00Z"),
+                ts("2027-01-01T00:00:00Z")
+            ]
+        );
+        assert!(
+            buckets(
+                ts("2020-01-01T00:00:00Z"),
+                ts("2026-01-01T00:00:00Z"),
+                Interval::Hour,
+                utc
+            )
+            .is_err()
+        );
     }
 }

@@ -42,7 +42,10 @@ fn params(raw: &Option<String>) -> Vec<(String, String)> {
 }
 
 fn param<'a>(params: &'a [(String, String)], name: &str) -> Option<&'a str> {
-    params.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+    params
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
 }
 
 fn instant(name: &str, text: &str, zone: Tz, end_of_day: bool) -> ApiResult<Timestamp> {
@@ -50,18 +53,36 @@ fn instant(name: &str, text: &str, zone: Tz, end_of_day: bool) -> ApiResult<Time
         return Ok(Timestamp::from(t.to_utc()));
     }
     let day = NaiveDate::parse_from_str(text, "%Y-%m-%d").map_err(|_| {
-        ApiError::bad_request("invalid_query", format!("`{name}` must be an RFC 3339 time or a date like 2026-11-22."))
+        ApiError::bad_request(
+            "invalid_query",
+            format!("`{name}` must be an RFC 3339 time or a date like 2026-11-22."),
+        )
     })?;
-    let day = if end_of_day { day.succ_opt().unwrap_or(day) } else { day };
+    let day = if end_of_day {
+        day.succ_opt().unwrap_or(day)
+    } else {
+        day
+    };
     let midnight = day.and_hms_opt(0, 0, 0).unwrap_or_default();
-    let local = zone.from_local_datetime(&midnight).earliest().ok_or_else(|| {
-        ApiError::bad_request("invalid_query", format!("`{name}` does not exist in the site's time zone."))
-    })?;
+    let local = zone
+        .from_local_datetime(&midnight)
+        .earliest()
+        .ok_or_else(|| {
+            ApiError::bad_request(
+                "invalid_query",
+                format!("`{name}` does not exist in the site's time zone."),
+            )
+        })?;
     Ok(Timestamp::from(local.to_utc()))
 }
 
 /// Resolves the site (scoped: another workspace's site is a 404) and the query.
-async fn prepare(state: &AppState, scope: &Scope, site_id: SiteId, raw: &Option<String>) -> ApiResult<(Query, Tz)> {
+async fn prepare(
+    state: &AppState,
+    scope: &Scope,
+    site_id: SiteId,
+    raw: &Option<String>,
+) -> ApiResult<(Query, Tz)> {
     let site = sites::get(&state.db, scope, site_id).await?;
     let zone: Tz = site.time_zone.parse().unwrap_or(chrono_tz::UTC);
     let params = params(raw);
@@ -75,7 +96,10 @@ async fn prepare(state: &AppState, scope: &Scope, site_id: SiteId, raw: &Option<
         None => to - std::time::Duration::from_secs(30 * 86_400),
     };
     if from >= to {
-        return Err(ApiError::bad_request("invalid_query", "`from` must be before `to`."));
+        return Err(ApiError::bad_request(
+            "invalid_query",
+            "`from` must be before `to`.",
+        ));
     }
     let filters = params
         .iter()
@@ -83,9 +107,20 @@ async fn prepare(state: &AppState, scope: &Scope, site_id: SiteId, raw: &Option<
         .map(|(_, v)| Filter::parse(v))
         .collect::<ApiResult<Vec<_>>>()?;
     if filters.len() > 20 {
-        return Err(ApiError::bad_request("invalid_filter", "At most 20 filters."));
+        return Err(ApiError::bad_request(
+            "invalid_filter",
+            "At most 20 filters.",
+        ));
     }
-    Ok((Query { site_id, from, to, filters }, zone))
+    Ok((
+        Query {
+            site_id,
+            from,
+            to,
+            filters,
+        },
+        zone,
+    ))
 }
 
 fn store_error(err: anyhow::Error) -> ApiError {
@@ -117,10 +152,20 @@ async fn summary(
     let Path((_, site_id)) = path;
     let (query, _) = prepare(&state, &scope, site_id, &raw).await?;
     let current = store.summary(&query).await.map_err(store_error)?;
-    let length = std::time::Duration::from_micros((query.to.seconds_since(query.from) * 1e6) as u64);
-    let previous_query = Query { from: query.from - length, to: query.from, ..query.clone() };
+    let length =
+        std::time::Duration::from_micros((query.to.seconds_since(query.from) * 1e6) as u64);
+    let previous_query = Query {
+        from: query.from - length,
+        to: query.from,
+        ..query.clone()
+    };
     let previous = store.summary(&previous_query).await.map_err(store_error)?;
-    Ok(Json(SummaryResponse { from: query.from, to: query.to, current, previous }))
+    Ok(Json(SummaryResponse {
+        from: query.from,
+        to: query.to,
+        current,
+        previous,
+    }))
 }
 
 /// Counts per hour, day, week or month of the site's time zone (`interval`, default `day`).
@@ -142,10 +187,20 @@ async fn timeseries(
         Some("hour") => Interval::Hour,
         Some("week") => Interval::Week,
         Some("month") => Interval::Month,
-        Some(_) => return Err(ApiError::bad_request("invalid_query", "`interval` is hour, day, week or month.")),
+        Some(_) => {
+            return Err(ApiError::bad_request(
+                "invalid_query",
+                "`interval` is hour, day, week or month.",
+            ));
+        }
     };
     let buckets = query::buckets(query.from, query.to, interval, zone)?;
-    Ok(Json(store.timeseries(&query, &buckets).await.map_err(store_error)?))
+    Ok(Json(
+        store
+            .timeseries(&query, &buckets)
+            .await
+            .map_err(store_error)?,
+    ))
 }
 
 /// Top values of a dimension (`dimension=page|source|country|param:<name>|…`, `limit` ≤ 100).
@@ -169,12 +224,22 @@ async fn breakdown(
     let dimension = Dimension::parse(name)?;
     let limit = match param(&params, "limit") {
         None => 10,
-        Some(text) => text.parse::<u32>().ok().filter(|n| (1..=100).contains(n)).ok_or_else(|| {
-            ApiError::bad_request("invalid_limit", "`limit` must be between 1 and 100.")
-        })?,
+        Some(text) => text
+            .parse::<u32>()
+            .ok()
+            .filter(|n| (1..=100).contains(n))
+            .ok_or_else(|| {
+                ApiError::bad_request("invalid_limit", "`limit` must be between 1 and 100.")
+            })?,
     };
-    let rows = store.breakdown(&query, &dimension, limit).await.map_err(store_error)?;
-    Ok(Json(Breakdown { dimension: name.to_owned(), rows }))
+    let rows = store
+        .breakdown(&query, &dimension, limit)
+        .await
+        .map_err(store_error)?;
+    Ok(Json(Breakdown {
+        dimension: name.to_owned(),
+        rows,
+    }))
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -197,9 +262,17 @@ async fn realtime(
     let Path((_, site_id)) = path;
     sites::get(&state.db, &scope, site_id).await?;
     let to = Timestamp::now() + std::time::Duration::from_secs(60);
-    let query = Query { site_id, from: Timestamp::now() - std::time::Duration::from_secs(300), to, filters: Vec::new() };
+    let query = Query {
+        site_id,
+        from: Timestamp::now() - std::time::Duration::from_secs(300),
+        to,
+        filters: Vec::new(),
+    };
     let summary = store.summary(&query).await.map_err(store_error)?;
-    Ok(Json(Realtime { visitors: summary.visitors, events: summary.events }))
+    Ok(Json(Realtime {
+        visitors: summary.visitors,
+        events: summary.events,
+    }))
 }
 
 /// The raw event log, newest first, with filters and cursor paging (`limit`, `cursor`).
@@ -224,6 +297,9 @@ async fn events(
     };
     let limit = page.limit()?;
     let before = page.cursor()?.map(HitId);
-    let rows = store.events(&query, before, limit + 1).await.map_err(store_error)?;
+    let rows = store
+        .events(&query, before, limit + 1)
+        .await
+        .map_err(store_error)?;
     Ok(Json(Page::from_rows(rows, limit, |e| e.hit_id.uuid())))
 }

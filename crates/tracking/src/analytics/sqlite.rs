@@ -12,7 +12,10 @@ use anyhow::Context;
 use futures::FutureExt;
 use futures::future::BoxFuture;
 use platform::Timestamp;
-use sqlx::sqlite::{SqliteArguments, SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous};
+use sqlx::sqlite::{
+    SqliteArguments, SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow,
+    SqliteSynchronous,
+};
 use sqlx::{Arguments, AssertSqlSafe, Row, SqlitePool};
 
 use super::query::{Dimension, FilterOp};
@@ -86,7 +89,11 @@ fn from_millis(ms: i64) -> Timestamp {
 }
 
 /// `site_id = ? AND ts >= ? AND ts < ? AND bot = 0` plus the filters, with their arguments.
-fn where_clause(query: &Query, from: Timestamp, to: Timestamp) -> anyhow::Result<(String, SqliteArguments)> {
+fn where_clause(
+    query: &Query,
+    from: Timestamp,
+    to: Timestamp,
+) -> anyhow::Result<(String, SqliteArguments)> {
     let mut args = SqliteArguments::default();
     args.add(query.site_id).map_err(anyhow::Error::msg)?;
     args.add(millis(from)).map_err(anyhow::Error::msg)?;
@@ -99,9 +106,23 @@ fn where_clause(query: &Query, from: Timestamp, to: Timestamp) -> anyhow::Result
         let (op, value) = match filter.op {
             FilterOp::Is => ("=", filter.value.clone()),
             FilterOp::IsNot => ("IS NOT", filter.value.clone()),
-            FilterOp::Contains => ("LIKE", format!("%{}%", filter.value.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_"))),
+            FilterOp::Contains => (
+                "LIKE",
+                format!(
+                    "%{}%",
+                    filter
+                        .value
+                        .replace('\\', "\\\\")
+                        .replace('%', "\\%")
+                        .replace('_', "\\_")
+                ),
+            ),
         };
-        let escape = if filter.op == FilterOp::Contains { " ESCAPE '\\'" } else { "" };
+        let escape = if filter.op == FilterOp::Contains {
+            " ESCAPE '\\'"
+        } else {
+            ""
+        };
         sql.push_str(&format!(" AND {column} {op} ?{n}{escape}"));
         args.add(value).map_err(anyhow::Error::msg)?;
     }
@@ -109,12 +130,17 @@ fn where_clause(query: &Query, from: Timestamp, to: Timestamp) -> anyhow::Result
 }
 
 /// The SQL for a dimension: a whitelisted column, or a bound JSON path into `params`.
-fn column_sql(dimension: &Dimension, args: &mut SqliteArguments, n: &mut usize) -> anyhow::Result<String> {
+fn column_sql(
+    dimension: &Dimension,
+    args: &mut SqliteArguments,
+    n: &mut usize,
+) -> anyhow::Result<String> {
     Ok(match dimension {
         Dimension::Column(column) => (*column).to_owned(),
         Dimension::Param(name) => {
             *n += 1;
-            args.add(format!("$.\"{name}\"")).map_err(anyhow::Error::msg)?;
+            args.add(format!("$.\"{name}\""))
+                .map_err(anyhow::Error::msg)?;
             format!("CAST(json_extract(params, ?{n}) AS TEXT)")
         }
     })
@@ -211,7 +237,8 @@ impl AnalyticsStore for SqliteAnalytics {
             // One indexed range scan per bucket: exact distinct counts, and each bucket is a
             // calendar unit of the site's zone computed by the caller (DST-correct).
             for (start, end) in buckets {
-                let (filter, args) = where_clause(query, (*start).max(query.from), (*end).min(query.to))?;
+                let (filter, args) =
+                    where_clause(query, (*start).max(query.from), (*end).min(query.to))?;
                 let row: SqliteRow = sqlx::query_with(
                     AssertSqlSafe(format!(
                         "SELECT COUNT(DISTINCT visitor), COUNT(DISTINCT session),
@@ -271,8 +298,15 @@ impl AnalyticsStore for SqliteAnalytics {
     ) -> BoxFuture<'a, anyhow::Result<Vec<AnalyticsEvent>>> {
         async move {
             let (filter, mut args) = where_clause(query, query.from, query.to)?;
-            let n = 4 + query.filters.len() + query.filters.iter().filter(|f| matches!(f.dimension, Dimension::Param(_))).count();
-            args.add(before.map(|b| b.uuid())).map_err(anyhow::Error::msg)?;
+            let n = 4
+                + query.filters.len()
+                + query
+                    .filters
+                    .iter()
+                    .filter(|f| matches!(f.dimension, Dimension::Param(_)))
+                    .count();
+            args.add(before.map(|b| b.uuid()))
+                .map_err(anyhow::Error::msg)?;
             args.add(i64::from(limit)).map_err(anyhow::Error::msg)?;
             let rows: Vec<SqliteRow> = sqlx::query_with(
                 AssertSqlSafe(format!(
