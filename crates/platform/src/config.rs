@@ -243,7 +243,10 @@ impl Config {
         if let Some(path) = &self.geoip_database
             && !path.is_file()
         {
-            return Err(err("geoip_database", &format!("{} is not a readable file", path.display())));
+            return Err(err(
+                "geoip_database",
+                &format!("{} is not a readable file", path.display()),
+            ));
         }
         if !(self.tracking.loader_upstream.starts_with("http://")
             || self.tracking.loader_upstream.starts_with("https://"))
