@@ -22,8 +22,11 @@ use secrecy::ExposeSecret;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+use tracking::analytics::AnalyticsStore;
+use tracking::enrich::Enricher;
 use tracking::gateway::usage::Usage;
 use tracking::log::EventLog;
+use tracking::pipeline::Pipeline;
 use tracking::sites::directory::SiteDirectory;
 
 /// What one process does. `serve` runs every role unless `--roles` picks some.
@@ -101,6 +104,8 @@ pub struct App {
     pub log: Arc<dyn EventLog>,
     pub directory: Arc<SiteDirectory>,
     pub usage: Arc<Usage>,
+    pub analytics: Arc<dyn AnalyticsStore>,
+    pub enricher: Enricher,
 }
 
 /// Opens every store (migrated), the secret box and the event log.
@@ -111,11 +116,18 @@ pub async fn build(config: Config) -> anyhow::Result<App> {
         .await
         .context("cannot open the event log")?;
     let directory = SiteDirectory::load(db.clone()).await?;
+    let analytics = tracking::analytics::open(&config.analytics_url())
+        .await
+        .context("cannot open the analytics store")?;
+    let enricher = Enricher::new(config.geoip_database.as_deref())
+        .map_err(|e| anyhow::anyhow!("invalid configuration value for `geoip_database`: {e}"))?;
     Ok(App {
         state: AppState::new(db, config, secrets),
         log,
         directory,
         usage: Arc::new(Usage::default()),
+        analytics,
+        enricher,
     })
 }
 
@@ -180,6 +192,12 @@ pub async fn run(
     let mut background = JoinSet::new();
     if roles.contains(&ServeRole::Worker) {
         start_worker_role(&state, &shutdown, &mut background).await?;
+        let pipeline = Arc::new(Pipeline::new(app.analytics.clone(), app.enricher.clone()));
+        let (log, token) = (app.log.clone(), shutdown.clone());
+        background.spawn(async move {
+            pipeline.run(log, token).await;
+            Ok(())
+        });
     }
     let refresh = Duration::from_secs(state.config.tracking.directory_refresh_seconds.max(1));
     let (directory, token) = (app.directory.clone(), shutdown.clone());

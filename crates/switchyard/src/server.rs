@@ -40,6 +40,7 @@ const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
         (name = "api-keys", description = "Workspace API keys"),
         (name = "jobs", description = "Background jobs: inspect, retry, cancel"),
         (name = "sites", description = "Tracking sites: hostnames, ids, keys, loader, usage"),
+        (name = "analytics", description = "Dashboards: summary, timeseries, breakdowns, realtime, raw events"),
     )
 )]
 struct ApiDoc;
@@ -50,6 +51,7 @@ fn api_routes() -> OpenApiRouter<AppState> {
         .merge(platform::accounts::routes())
         .merge(platform::jobs::routes())
         .merge(tracking::sites::routes::routes())
+        .merge(tracking::analytics::routes::routes())
 }
 
 /// The OpenAPI document, as served at `/api/openapi.json`.
@@ -114,6 +116,7 @@ fn api_router(app: &App) -> Router {
         .route("/metrics", get(metrics))
         .method_not_allowed_fallback(method_not_allowed_fallback)
         .layer(axum::Extension(app.directory.clone()))
+        .layer(axum::Extension(app.analytics.clone()))
         .layer(DefaultBodyLimit::max(max_body))
         .layer(middleware::from_fn_with_state(max_body, refuse_oversized))
         .layer(PropagateRequestIdLayer::new(REQUEST_ID))

@@ -8,6 +8,7 @@
 
 pub mod analytics;
 mod encoding;
+pub mod enrich;
 pub mod error;
 pub mod ga4;
 pub mod gateway;
@@ -16,6 +17,7 @@ pub mod item;
 mod json;
 pub mod log;
 pub mod mp;
+pub mod pipeline;
 pub mod raw;
 pub mod segment;
 pub mod sgtm;

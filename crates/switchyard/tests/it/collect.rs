@@ -419,3 +419,38 @@ async fn oversized_tracking_bodies_are_refused() {
         "payload_too_large"
     );
 }
+
+#[tokio::test]
+async fn truncated_addresses_never_reach_the_log() {
+    let app = TestApp::spawn_with(Backend::Sqlite, |c| c.tracking.trust_forwarded_for = true)
+        .await
+        .unwrap();
+    let (owner, ws, site, _, _) = setup(&app).await;
+    let (status, body) = app
+        .call(
+            reqwest::Method::PATCH,
+            &format!("/api/v1/workspaces/{ws}/sites/{site}"),
+            Some(&owner.token),
+            Some(json!({ "truncate_ip": true })),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let resp = app
+        .client
+        .post(app.url(&format!("/g/collect?{GA4_QUERY}")))
+        .header("host", HOST)
+        .header("user-agent", UA)
+        .header("x-forwarded-for", "81.2.69.142")
+        .body(GA4_BODY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 204);
+    let records = app.log_records().await;
+    let stored = serde_json::to_string(&records[0]).unwrap();
+    assert!(!stored.contains("81.2.69.142"), "{stored}");
+    assert_eq!(
+        records[0].request.client_ip.unwrap().to_string(),
+        "81.2.69.0"
+    );
+}

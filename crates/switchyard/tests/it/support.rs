@@ -57,6 +57,7 @@ pub struct TestApp {
     pub state: AppState,
     pub log: std::sync::Arc<dyn tracking::log::EventLog>,
     pub usage: std::sync::Arc<tracking::gateway::usage::Usage>,
+    pub analytics: std::sync::Arc<dyn tracking::analytics::AnalyticsStore>,
     pub client: reqwest::Client,
     shutdown: CancellationToken,
     _dir: tempfile::TempDir,
@@ -129,6 +130,7 @@ impl TestApp {
         let state = app.state.clone();
         let log = app.log.clone();
         let usage = app.usage.clone();
+        let analytics = app.analytics.clone();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
@@ -145,6 +147,7 @@ impl TestApp {
             state,
             log,
             usage,
+            analytics,
             client: reqwest::Client::builder()
                 .redirect(reqwest::redirect::Policy::none())
                 .build()

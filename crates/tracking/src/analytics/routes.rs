@@ -203,9 +203,10 @@ async fn timeseries(
     ))
 }
 
-/// Top values of a dimension (`dimension=page|source|country|param:<name>|…`, `limit` ≤ 100).
+/// Top values of a dimension (`dimension=page|source|country|param:<name>|…`, default `page`;
+/// `limit` ≤ 100, default 10).
 #[utoipa::path(get, path = "/workspaces/{workspace_id}/sites/{site_id}/analytics/breakdown", tag = "analytics",
-    params(("workspace_id" = WorkspaceId, Path), ("site_id" = SiteId, Path), ("dimension" = String, Query),
+    params(("workspace_id" = WorkspaceId, Path), ("site_id" = SiteId, Path), ("dimension" = Option<String>, Query),
         ("limit" = Option<u32>, Query), ("from" = Option<String>, Query), ("to" = Option<String>, Query),
         ("filter" = Option<Vec<String>>, Query)),
     responses((status = 200, body = Breakdown), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
@@ -219,8 +220,7 @@ async fn breakdown(
     let Path((_, site_id)) = path;
     let (query, _) = prepare(&state, &scope, site_id, &raw).await?;
     let params = params(&raw);
-    let name = param(&params, "dimension")
-        .ok_or_else(|| ApiError::bad_request("invalid_query", "`dimension` is required."))?;
+    let name = param(&params, "dimension").unwrap_or("page");
     let dimension = Dimension::parse(name)?;
     let limit = match param(&params, "limit") {
         None => 10,

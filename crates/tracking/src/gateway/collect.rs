@@ -109,12 +109,18 @@ async fn append(
     gateway: &Gateway,
     site: &SiteConfig,
     mut raw: RawRequest,
-    hits: Vec<Hit>,
+    mut hits: Vec<Hit>,
     bot: bool,
 ) -> Result<(), ApiError> {
     if site.truncate_ip {
         raw.client_ip = raw.client_ip.map(edge::truncate_ip);
         raw.headers.retain(|(name, _)| name != "x-forwarded-for");
+        // Parsers copy the sender's address into each hit; it must not escape truncation.
+        for hit in &mut hits {
+            if let Some(ip) = hit.device.ip {
+                hit.fields_mut().device.ip = Some(edge::truncate_ip(ip));
+            }
+        }
     }
     let events = hits.len();
     let record = LogRecord {

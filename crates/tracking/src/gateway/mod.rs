@@ -9,7 +9,7 @@
 //! get its 2xx. A log that cannot keep up answers 503 with `Retry-After`.
 
 mod collect;
-mod edge;
+pub(crate) mod edge;
 pub mod loader;
 pub mod preview;
 pub mod usage;

@@ -1,0 +1,304 @@
+//! End to end: hits through the gateway, the pipeline, and back out of every analytics endpoint.
+
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::support::{Backend, TestApp, User};
+
+const HOST: &str = "stats.shop.example.com";
+const CHROME: &str = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.0.0 Safari/537.36";
+const IPHONE: &str = "Mozilla/5.0 (iPhone; CPU iPhone OS 17_5 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.5 Mobile/15E148 Safari/604.1";
+
+fn geo_db() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../../shared/testdata/geoip/GeoIP2-City-Test.mmdb")
+}
+
+/// One gtag request: `cid`, GA4 session `sid`, page, referrer, and the events of its body.
+async fn hit(
+    app: &TestApp,
+    cid: &str,
+    sid: &str,
+    page: &str,
+    referrer: &str,
+    (ua, ip): (&str, &str),
+    events: &str,
+) {
+    let query = form_urlencoded::Serializer::new(String::new())
+        .append_pair("v", "2")
+        .append_pair("tid", "G-TEST123")
+        .append_pair("cid", cid)
+        .append_pair("sid", sid)
+        .append_pair("dl", &format!("https://shop.example.com{page}"))
+        .append_pair("dr", referrer)
+        .append_pair("dt", "Shop")
+        .finish();
+    let resp = app
+        .client
+        .post(app.url(&format!("/g/collect?{query}")))
+        .header("host", HOST)
+        .header("user-agent", ua)
+        .header("x-forwarded-for", ip)
+        .body(events.to_owned())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 204);
+}
+
+async fn get(app: &TestApp, user: &User, path: &str) -> Value {
+    let (status, body) = app.get(path, &user.token).await;
+    assert_eq!(status, 200, "{path}: {body}");
+    body
+}
+
+/// Waits until the pipeline has stored `events` events.
+async fn settle(app: &TestApp, user: &User, base: &str, events: i64) {
+    let mut last = Value::Null;
+    for _ in 0..100 {
+        last = get(app, user, &format!("{base}/summary")).await;
+        if last["current"]["events"] == events {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("the pipeline did not store {events} events in time: {last}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_to_dashboard_sqlite() {
+    gateway_to_dashboard(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_to_dashboard_postgres() {
+    gateway_to_dashboard(Backend::Postgres).await;
+}
+
+async fn gateway_to_dashboard(backend: Backend) {
+    let geo = geo_db();
+    let Some(app) = TestApp::spawn_with(backend, |c| {
+        c.tracking.trust_forwarded_for = true;
+        c.geoip_database = Some(geo);
+    })
+    .await
+    else {
+        return;
+    };
+    let owner = app.signup("dash@example.com").await;
+    let ws = app.workspace(&owner, "Dash").await;
+    let (site, _, _) = app.site(&owner, &ws, HOST).await;
+    let base = format!("/api/v1/workspaces/{ws}/sites/{site}/analytics");
+
+    // Visitor A: from Google search, two pages, engaged, in London.
+    hit(
+        &app,
+        "1.1",
+        "100",
+        "/",
+        "https://www.google.com/",
+        (CHROME, "81.2.69.142"),
+        "en=page_view&seg=1\nen=scroll",
+    )
+    .await;
+    hit(
+        &app,
+        "1.1",
+        "100",
+        "/pricing",
+        "https://shop.example.com/",
+        (CHROME, "81.2.69.142"),
+        "en=page_view&seg=1",
+    )
+    .await;
+    // Visitor B: a paid click (gclid), one page, bounced, on an iPhone.
+    hit(
+        &app,
+        "2.2",
+        "200",
+        "/?gclid=abc&utm_source=google&utm_medium=cpc&utm_campaign=winter",
+        "",
+        (IPHONE, "2001:218::1"),
+        "en=page_view",
+    )
+    .await;
+    // Visitor C: from a newsletter, buys.
+    hit(
+        &app,
+        "3.3",
+        "300",
+        "/checkout?utm_source=newsletter&utm_medium=email",
+        "",
+        (CHROME, "81.2.69.142"),
+        "en=page_view\nen=purchase&cu=EUR&epn.value=42.5&ep.coupon=WINTER",
+    )
+    .await;
+    // A bot: stored, but never counted.
+    hit(
+        &app,
+        "9.9",
+        "900",
+        "/",
+        "",
+        ("Mozilla/5.0 (compatible; Googlebot/2.1)", "81.2.69.142"),
+        "en=page_view",
+    )
+    .await;
+
+    settle(&app, &owner, &base, 6).await;
+    let summary = get(&app, &owner, &format!("{base}/summary")).await;
+    let current = &summary["current"];
+    assert_eq!(current["visitors"], 3, "{summary}");
+    assert_eq!(current["sessions"], 3);
+    assert_eq!(current["pageviews"], 4);
+    assert_eq!(current["events"], 6);
+    // B bounced (one page, not engaged); A engaged; C saw one page but purchased… and was not
+    // marked engaged, so it bounces by GA4's definition too: 2 of 3.
+    let bounce = current["bounce_rate"].as_f64().unwrap();
+    assert!((bounce - 2.0 / 3.0).abs() < 1e-9, "{bounce}");
+    assert_eq!(summary["previous"]["events"], 0);
+
+    let pages = get(&app, &owner, &format!("{base}/breakdown?dimension=page")).await;
+    assert_eq!(pages["rows"][0]["value"], "/", "{pages}");
+    assert_eq!(pages["rows"][0]["visitors"], 2);
+    let channels = get(&app, &owner, &format!("{base}/breakdown?dimension=channel")).await;
+    let channel_of = |name: &str| {
+        channels["rows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["value"] == name)
+            .map(|r| r["visitors"].clone())
+    };
+    assert_eq!(channel_of("Organic Search"), Some(1.into()), "{channels}");
+    assert_eq!(channel_of("Paid Search"), Some(1.into()), "{channels}");
+    assert_eq!(channel_of("Email"), Some(1.into()), "{channels}");
+    let countries = get(&app, &owner, &format!("{base}/breakdown?dimension=country")).await;
+    assert_eq!(countries["rows"][0]["value"], "GB", "{countries}");
+    assert_eq!(countries["rows"][0]["visitors"], 2);
+    let devices = get(&app, &owner, &format!("{base}/breakdown?dimension=device")).await;
+    assert_eq!(devices["rows"].as_array().unwrap().len(), 2, "{devices}");
+    let coupons = get(
+        &app,
+        &owner,
+        &format!("{base}/breakdown?dimension=param:coupon"),
+    )
+    .await;
+    assert!(
+        coupons["rows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["value"] == "WINTER"),
+        "{coupons}"
+    );
+
+    // Filters narrow every widget.
+    let gb = get(
+        &app,
+        &owner,
+        &format!("{base}/summary?filter=country:is:GB"),
+    )
+    .await;
+    assert_eq!(gb["current"]["visitors"], 2);
+    let not_gb = get(
+        &app,
+        &owner,
+        &format!("{base}/summary?filter=country:is_not:GB"),
+    )
+    .await;
+    assert_eq!(not_gb["current"]["visitors"], 1);
+    let pricing = get(
+        &app,
+        &owner,
+        &format!("{base}/summary?filter=page:contains:pric"),
+    )
+    .await;
+    assert_eq!(pricing["current"]["pageviews"], 1);
+
+    let series = get(&app, &owner, &format!("{base}/timeseries?interval=day")).await;
+    let total: i64 = series
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["events"].as_i64().unwrap())
+        .sum();
+    assert_eq!(total, 6, "{series}");
+    let realtime = get(&app, &owner, &format!("{base}/realtime")).await;
+    assert_eq!(realtime["visitors"], 3);
+
+    let first = get(&app, &owner, &format!("{base}/events?limit=4")).await;
+    assert_eq!(first["data"].as_array().unwrap().len(), 4);
+    let cursor = first["next_cursor"].as_str().unwrap();
+    let second = get(
+        &app,
+        &owner,
+        &format!("{base}/events?limit=4&cursor={cursor}"),
+    )
+    .await;
+    assert_eq!(second["data"].as_array().unwrap().len(), 2);
+    assert!(second["next_cursor"].is_null());
+
+    for (path, code) in [
+        (
+            format!("{base}/breakdown?dimension=nope"),
+            "invalid_dimension",
+        ),
+        (
+            format!("{base}/summary?filter=country:like:GB"),
+            "invalid_filter",
+        ),
+        (
+            format!("{base}/summary?from=2026-12-01&to=2026-11-01"),
+            "invalid_query",
+        ),
+        (
+            format!("{base}/timeseries?interval=minute"),
+            "invalid_query",
+        ),
+    ] {
+        let (status, err) = app.get(&path, &owner.token).await;
+        assert_eq!(status, 400, "{path}");
+        assert_eq!(err["error"]["code"], code, "{path}");
+    }
+}
+
+#[tokio::test]
+async fn redelivering_the_whole_log_adds_nothing() {
+    let app = TestApp::spawn(Backend::Sqlite).await;
+    let owner = app.signup("replay@example.com").await;
+    let ws = app.workspace(&owner, "Replay").await;
+    let (site, _, _) = app.site(&owner, &ws, HOST).await;
+    let base = format!("/api/v1/workspaces/{ws}/sites/{site}/analytics");
+    for i in 0..5 {
+        hit(
+            &app,
+            &format!("{i}.1"),
+            "1",
+            "/",
+            "",
+            (CHROME, "127.0.0.1"),
+            "en=page_view\nen=scroll",
+        )
+        .await;
+    }
+    settle(&app, &owner, &base, 10).await;
+
+    // Run the whole log through a second pipeline over the same store.
+    let pipeline = tracking::pipeline::Pipeline::new(
+        app.analytics.clone(),
+        tracking::enrich::Enricher::new(None).unwrap(),
+    );
+    let mut sub = app.log.subscribe("replay").await.unwrap();
+    let batch = sub
+        .next_batch(1000, Duration::from_millis(200))
+        .await
+        .unwrap();
+    assert_eq!(batch.len(), 5);
+    pipeline.process(&batch).await.unwrap();
+    pipeline.process(&batch).await.unwrap();
+    let summary = get(&app, &owner, &format!("{base}/summary")).await;
+    assert_eq!(summary["current"]["events"], 10);
+    assert_eq!(summary["current"]["sessions"], 5);
+}

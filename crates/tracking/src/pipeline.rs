@@ -1,0 +1,196 @@
+//! The analytics consumer: reads the event log as consumer group `analytics`, enriches each hit,
+//! assigns sessions and writes flat events to the analytics store, then acknowledges.
+//!
+//! At least once, idempotent: a batch is acknowledged only after its events are stored, and the
+//! store skips hit ids it already has, so a crash or a full redelivery adds nothing twice.
+//! Sessions are GA4's `sid` when the hit carries one; otherwise a visitor's events belong to one
+//! session until 30 minutes pass without an event. The last session of a visitor is cached, and
+//! read back from the store after a restart.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use platform::Timestamp;
+use tokio_util::sync::CancellationToken;
+
+use crate::analytics::{AnalyticsEvent, AnalyticsStore};
+use crate::enrich::Enricher;
+use crate::gateway::LogRecord;
+use crate::log::{Delivery, EventLog};
+use crate::sites::SiteId;
+use crate::{Hit, ParamValue};
+
+pub const GROUP: &str = "analytics";
+const SESSION_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+const BATCH: usize = 2_000;
+const CACHE_LIMIT: usize = 200_000;
+
+pub struct Pipeline {
+    store: Arc<dyn AnalyticsStore>,
+    enricher: Enricher,
+    /// (site, visitor) → (session, last event time).
+    sessions: Mutex<HashMap<(SiteId, String), (String, Timestamp)>>,
+}
+
+impl Pipeline {
+    pub fn new(store: Arc<dyn AnalyticsStore>, enricher: Enricher) -> Self {
+        Self {
+            store,
+            enricher,
+            sessions: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Consumes until `shutdown`; a failing batch is retried (not acknowledged) with backoff.
+    pub async fn run(self: Arc<Self>, log: Arc<dyn EventLog>, shutdown: CancellationToken) {
+        let mut subscription = loop {
+            match log.subscribe(GROUP).await {
+                Ok(s) => break s,
+                Err(err) => {
+                    tracing::error!(error = %err, "analytics pipeline cannot subscribe; retrying");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+                    }
+                }
+            }
+        };
+        tracing::info!("analytics pipeline started");
+        while !shutdown.is_cancelled() {
+            let batch = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                batch = subscription.next_batch(BATCH, Duration::from_secs(1)) => batch,
+            };
+            let batch = match batch {
+                Ok(batch) if batch.is_empty() => continue,
+                Ok(batch) => batch,
+                Err(err) => {
+                    tracing::warn!(error = %err, "reading the event log failed; retrying");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+            };
+            let mut backoff = Duration::from_millis(200);
+            loop {
+                match self.process(&batch).await {
+                    Ok(()) => break,
+                    Err(err) => {
+                        tracing::error!(error = %err, records = batch.len(), "analytics batch failed; retrying");
+                        tokio::select! {
+                            _ = shutdown.cancelled() => return,
+                            _ = tokio::time::sleep(backoff) => {}
+                        }
+                        backoff = (backoff * 2).min(Duration::from_secs(30));
+                    }
+                }
+            }
+            if let Err(err) = subscription.ack(&batch).await {
+                tracing::warn!(error = %err, "acknowledging an analytics batch failed; it will come again");
+            }
+        }
+        tracing::info!("analytics pipeline stopped");
+    }
+
+    /// Turns a batch of log records into stored events.
+    pub async fn process(&self, batch: &[Delivery]) -> anyhow::Result<()> {
+        let mut events = Vec::new();
+        for delivery in batch {
+            let record: LogRecord = match serde_json::from_slice(&delivery.payload) {
+                Ok(record) => record,
+                Err(err) => {
+                    // A record we cannot read will not get better by retrying; skip it loudly.
+                    tracing::error!(error = %err, sequence = delivery.sequence, "unreadable event log record skipped");
+                    metrics::counter!("pipeline_unreadable_records_total").increment(1);
+                    continue;
+                }
+            };
+            for hit in &record.hits {
+                events.push(self.event(&record, hit).await?);
+            }
+        }
+        self.store.insert(&events).await?;
+        metrics::counter!("pipeline_events_total").increment(events.len() as u64);
+        Ok(())
+    }
+
+    async fn event(&self, record: &LogRecord, hit: &Hit) -> anyhow::Result<AnalyticsEvent> {
+        let e = self.enricher.enrich(hit, &record.request);
+        let geo = e.geo.clone();
+        let device = serde_json::to_value(e.user_agent.device_type)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_else(|| "other".to_owned());
+        let visitor = hit
+            .client_id
+            .clone()
+            .or_else(|| hit.user_id.clone())
+            .unwrap_or_else(|| hit.id.to_string());
+        let session = self.session(record.site_id, &visitor, hit).await?;
+        let value = hit.params.get("value").and_then(ParamValue::as_f64);
+        let params = serde_json::to_value(&hit.params).unwrap_or_default();
+        Ok(AnalyticsEvent {
+            hit_id: hit.id,
+            site_id: record.site_id,
+            workspace_id: record.workspace_id,
+            time: hit.event_time,
+            event_name: hit.event_name.clone(),
+            visitor,
+            session,
+            engaged: hit.session.engaged == Some(true)
+                || hit.engagement_time_ms.is_some_and(|ms| ms > 0),
+            page_host: e.page.host,
+            page_path: e.page.path,
+            page_title: hit.page.title.clone(),
+            referrer_host: e.referrer_host.filter(|_| !e.internal_referrer),
+            source: Some(e.traffic.source),
+            medium: Some(e.traffic.medium),
+            campaign: Some(e.traffic.campaign),
+            term: e.utm.term,
+            content: e.utm.content,
+            channel: Some(e.channel_group.as_str().to_owned()),
+            country: geo.as_ref().and_then(|g| g.country.clone()),
+            region: geo.as_ref().and_then(|g| g.region.clone()),
+            city: geo.and_then(|g| g.city),
+            device: Some(device),
+            browser: e.user_agent.browser,
+            os: e.user_agent.os,
+            value,
+            currency: hit.currency.clone(),
+            params,
+            bot: record.bot || e.user_agent.bot,
+        })
+    }
+
+    async fn session(&self, site: SiteId, visitor: &str, hit: &Hit) -> anyhow::Result<String> {
+        if let Some(sid) = &hit.session.id {
+            return Ok(format!("{visitor}:{sid}"));
+        }
+        let time = hit.event_time;
+        let key = (site, visitor.to_owned());
+        let cached = self
+            .sessions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&key)
+            .cloned();
+        let previous = match cached {
+            Some(found) => Some(found),
+            None => self.store.last_session(site, visitor, time).await?,
+        };
+        let session = match previous {
+            Some((session, last)) if time.seconds_since(last) <= SESSION_TIMEOUT.as_secs_f64() => {
+                session
+            }
+            // Named after its first event, so a replay names it the same.
+            _ => format!("{visitor}:t{}", time.as_datetime().timestamp()),
+        };
+        let mut cache = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
+        if cache.len() >= CACHE_LIMIT {
+            cache.clear();
+        }
+        let last = cache.get(&key).map_or(time, |(_, t)| (*t).max(time));
+        cache.insert(key, (session.clone(), last));
+        Ok(session)
+    }
+}
