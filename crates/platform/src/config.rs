@@ -59,6 +59,8 @@ pub struct TrackingConfig {
     /// How often each process reloads the site directory (changes made through this process
     /// apply at once).
     pub directory_refresh_seconds: u64,
+    /// Let forwarding destinations resolve to loopback or private addresses (tests, on-premises).
+    pub allow_private_destinations: bool,
 }
 
 impl Default for TrackingConfig {
@@ -71,6 +73,7 @@ impl Default for TrackingConfig {
             per_site_requests_per_second: 0,
             max_body_bytes: 1024 * 1024,
             directory_refresh_seconds: 5,
+            allow_private_destinations: false,
         }
     }
 }

@@ -1,6 +1,7 @@
 //! Switchyard as a library: configuration loading, start-up, and [`run`], the single entry
 //! point that `main` and the integration tests both call.
 
+pub mod demo;
 pub mod server;
 
 use std::collections::BTreeSet;
@@ -24,6 +25,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracking::analytics::AnalyticsStore;
 use tracking::enrich::Enricher;
+use tracking::forward;
 use tracking::gateway::usage::Usage;
 use tracking::log::EventLog;
 use tracking::pipeline::Pipeline;
@@ -132,12 +134,18 @@ pub async fn build(config: Config) -> anyhow::Result<App> {
 }
 
 /// Every job handler and outbox consumer of every feature.
-fn background_work() -> (JobRegistry, Arc<Consumers>) {
+fn background_work(state: &AppState) -> anyhow::Result<(JobRegistry, Arc<Consumers>)> {
     let mut registry = JobRegistry::new();
     platform::maintenance::install(&mut registry);
+    forward::deliver::Sender::new(
+        state.db.clone(),
+        state.secrets.clone(),
+        state.config.tracking.allow_private_destinations,
+    )?
+    .install(&mut registry);
     let consumers = Arc::new(Consumers::new());
     consumers.install(&mut registry);
-    (registry, consumers)
+    Ok((registry, consumers))
 }
 
 /// The worker role: job workers (with their janitor), the outbox relay and the cron scheduler.
@@ -147,12 +155,13 @@ async fn start_worker_role(
     background: &mut JoinSet<anyhow::Result<()>>,
 ) -> anyhow::Result<()> {
     platform::maintenance::ensure_schedule(&state.db).await?;
-    let (registry, consumers) = background_work();
+    let (registry, consumers) = background_work(state)?;
     let worker = Worker::new(
         state.db.clone(),
         Arc::new(registry),
         state.config.jobs.clone(),
     )
+    .queues([platform::jobs::DEFAULT_QUEUE, "forwarding"])
     .wakeup(state.jobs_wakeup.clone());
     let token = shutdown.clone();
     background.spawn(async move {
@@ -196,6 +205,12 @@ pub async fn run(
         let (log, token) = (app.log.clone(), shutdown.clone());
         background.spawn(async move {
             pipeline.run(log, token).await;
+            Ok(())
+        });
+        let enqueuer = forward::deliver::enqueuer(state.db.clone());
+        let (log, token) = (app.log.clone(), shutdown.clone());
+        background.spawn(async move {
+            tracking::log::consume(log, forward::deliver::GROUP, token, enqueuer.as_ref()).await;
             Ok(())
         });
     }

@@ -40,6 +40,7 @@ const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
         (name = "api-keys", description = "Workspace API keys"),
         (name = "jobs", description = "Background jobs: inspect, retry, cancel"),
         (name = "sites", description = "Tracking sites: hostnames, ids, keys, loader, usage"),
+        (name = "destinations", description = "Forwarding: tagging server, GA4, signed HTTP"),
         (name = "analytics", description = "Dashboards: summary, timeseries, breakdowns, realtime, raw events"),
     )
 )]
@@ -52,6 +53,7 @@ fn api_routes() -> OpenApiRouter<AppState> {
         .merge(platform::jobs::routes())
         .merge(tracking::sites::routes::routes())
         .merge(tracking::analytics::routes::routes())
+        .merge(tracking::forward::routes::routes())
 }
 
 /// The OpenAPI document, as served at `/api/openapi.json`.

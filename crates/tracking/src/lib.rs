@@ -10,6 +10,7 @@ pub mod analytics;
 mod encoding;
 pub mod enrich;
 pub mod error;
+pub mod forward;
 pub mod ga4;
 pub mod gateway;
 pub mod hit;

@@ -11,19 +11,19 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use futures::future::BoxFuture;
 use platform::Timestamp;
 use tokio_util::sync::CancellationToken;
 
 use crate::analytics::{AnalyticsEvent, AnalyticsStore};
 use crate::enrich::Enricher;
 use crate::gateway::LogRecord;
-use crate::log::{Delivery, EventLog};
+use crate::log::{BatchHandler, Delivery, EventLog};
 use crate::sites::SiteId;
 use crate::{Hit, ParamValue};
 
 pub const GROUP: &str = "analytics";
 const SESSION_TIMEOUT: Duration = Duration::from_secs(30 * 60);
-const BATCH: usize = 2_000;
 const CACHE_LIMIT: usize = 200_000;
 
 pub struct Pipeline {
@@ -42,58 +42,13 @@ impl Pipeline {
         }
     }
 
-    /// Consumes until `shutdown`; a failing batch is retried (not acknowledged) with backoff.
+    /// Consumes until `shutdown` (see [`crate::log::consume`]).
     pub async fn run(self: Arc<Self>, log: Arc<dyn EventLog>, shutdown: CancellationToken) {
-        let mut subscription = loop {
-            match log.subscribe(GROUP).await {
-                Ok(s) => break s,
-                Err(err) => {
-                    tracing::error!(error = %err, "analytics pipeline cannot subscribe; retrying");
-                    tokio::select! {
-                        _ = shutdown.cancelled() => return,
-                        _ = tokio::time::sleep(Duration::from_secs(2)) => {}
-                    }
-                }
-            }
-        };
-        tracing::info!("analytics pipeline started");
-        while !shutdown.is_cancelled() {
-            let batch = tokio::select! {
-                _ = shutdown.cancelled() => break,
-                batch = subscription.next_batch(BATCH, Duration::from_secs(1)) => batch,
-            };
-            let batch = match batch {
-                Ok(batch) if batch.is_empty() => continue,
-                Ok(batch) => batch,
-                Err(err) => {
-                    tracing::warn!(error = %err, "reading the event log failed; retrying");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                    continue;
-                }
-            };
-            let mut backoff = Duration::from_millis(200);
-            loop {
-                match self.process(&batch).await {
-                    Ok(()) => break,
-                    Err(err) => {
-                        tracing::error!(error = %err, records = batch.len(), "analytics batch failed; retrying");
-                        tokio::select! {
-                            _ = shutdown.cancelled() => return,
-                            _ = tokio::time::sleep(backoff) => {}
-                        }
-                        backoff = (backoff * 2).min(Duration::from_secs(30));
-                    }
-                }
-            }
-            if let Err(err) = subscription.ack(&batch).await {
-                tracing::warn!(error = %err, "acknowledging an analytics batch failed; it will come again");
-            }
-        }
-        tracing::info!("analytics pipeline stopped");
+        crate::log::consume(log, GROUP, shutdown, self.as_ref()).await;
     }
 
     /// Turns a batch of log records into stored events.
-    pub async fn process(&self, batch: &[Delivery]) -> anyhow::Result<()> {
+    pub async fn process_batch(&self, batch: &[Delivery]) -> anyhow::Result<()> {
         let mut events = Vec::new();
         for delivery in batch {
             let record: LogRecord = match serde_json::from_slice(&delivery.payload) {
@@ -192,5 +147,11 @@ impl Pipeline {
         let last = cache.get(&key).map_or(time, |(_, t)| (*t).max(time));
         cache.insert(key, (session.clone(), last));
         Ok(session)
+    }
+}
+
+impl BatchHandler for Pipeline {
+    fn process<'a>(&'a self, batch: &'a [Delivery]) -> BoxFuture<'a, anyhow::Result<()>> {
+        Box::pin(self.process_batch(batch))
     }
 }

@@ -296,8 +296,8 @@ async fn redelivering_the_whole_log_adds_nothing() {
         .await
         .unwrap();
     assert_eq!(batch.len(), 5);
-    pipeline.process(&batch).await.unwrap();
-    pipeline.process(&batch).await.unwrap();
+    pipeline.process_batch(&batch).await.unwrap();
+    pipeline.process_batch(&batch).await.unwrap();
     let summary = get(&app, &owner, &format!("{base}/summary")).await;
     assert_eq!(summary["current"]["events"], 10);
     assert_eq!(summary["current"]["sessions"], 5);

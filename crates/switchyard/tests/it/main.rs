@@ -9,6 +9,7 @@ mod cli;
 mod collect;
 mod conventions;
 mod crash;
+mod forward;
 mod loader;
 mod segment_client;
 mod sites;

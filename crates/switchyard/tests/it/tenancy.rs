@@ -55,6 +55,21 @@ async fn fixtures(app: &TestApp, owner_a: &User, ws_a: &str) -> BTreeMap<&'stati
     ids.insert("key_id", key_id);
 
     let (site_id, _, _) = app.site(owner_a, ws_a, "tenancy-a.example.com").await;
+    let (status, destination) = app
+        .post(
+            &format!("/api/v1/workspaces/{ws_a}/sites/{site_id}/destinations"),
+            &owner_a.token,
+            json!({ "kind": "tagging_server", "name": "sGTM", "url": "https://sgtm.example.com", "enabled": false }),
+        )
+        .await;
+    assert_eq!(status, 201, "{destination}");
+    ids.insert(
+        "destination_id",
+        destination["destination"]["id"]
+            .as_str()
+            .unwrap()
+            .to_owned(),
+    );
     ids.insert("site_id", site_id);
 
     // A job far in the future, so no worker touches it during the test.

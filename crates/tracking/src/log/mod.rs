@@ -19,6 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
+use tokio_util::sync::CancellationToken;
 
 /// Why an append was refused.
 #[derive(Debug, thiserror::Error)]
@@ -94,4 +95,61 @@ pub async fn open(url: &str) -> anyhow::Result<Arc<dyn EventLog>> {
         return Ok(Arc::new(nats::NatsLog::connect(server, options).await?));
     }
     anyhow::bail!("unsupported event log URL (expected sqlite:// or nats://)")
+}
+
+/// What a consumer group does with each batch of records.
+pub trait BatchHandler: Send + Sync {
+    fn process<'a>(&'a self, batch: &'a [Delivery]) -> BoxFuture<'a, anyhow::Result<()>>;
+}
+
+/// Reads `group` until `shutdown`, handing each batch to `handler` and acknowledging it once
+/// it succeeded. A failing batch is retried in place with backoff, never acknowledged
+/// unprocessed: consumers are at least once, and make their effects idempotent.
+pub async fn consume(
+    log: Arc<dyn EventLog>,
+    group: &str,
+    shutdown: CancellationToken,
+    handler: &dyn BatchHandler,
+) {
+    let mut subscription = loop {
+        match log.subscribe(group).await {
+            Ok(s) => break s,
+            Err(err) => {
+                tracing::error!(error = %err, group, "cannot subscribe to the event log; retrying");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+                }
+            }
+        }
+    };
+    tracing::info!(group, "event log consumer started");
+    while !shutdown.is_cancelled() {
+        let batch = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            batch = subscription.next_batch(2_000, Duration::from_secs(1)) => batch,
+        };
+        let batch = match batch {
+            Ok(batch) if batch.is_empty() => continue,
+            Ok(batch) => batch,
+            Err(err) => {
+                tracing::warn!(error = %err, group, "reading the event log failed; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        let mut backoff = Duration::from_millis(200);
+        while let Err(err) = handler.process(&batch).await {
+            tracing::error!(error = %err, group, records = batch.len(), "batch failed; retrying");
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(30));
+        }
+        if let Err(err) = subscription.ack(&batch).await {
+            tracing::warn!(error = %err, group, "acknowledging a batch failed; it will come again");
+        }
+    }
+    tracing::info!(group, "event log consumer stopped");
 }
