@@ -77,6 +77,41 @@ CONF
   return 1
 }
 
+# A throwaway ClickHouse server (Debian's 18.16, or whatever clickhouse-server is installed) on
+# free ports, as the clickhouse user when we are root. Exports SWITCHYARD_TEST_CLICKHOUSE_URL (the
+# HTTP interface; each test creates a database of its own there).
+start_clickhouse() {
+  if ! command -v clickhouse-server >/dev/null 2>&1; then
+    apt_install clickhouse-server clickhouse-client || return 1
+  fi
+  local dir http tcp inter runas=()
+  dir=$(mktemp -d /tmp/switchyard-ch.XXXXXX)
+  CLEANUP_DIRS+=("$dir")
+  http=$(free_port)
+  tcp=$(free_port)
+  inter=$(free_port)
+  if [ "$(id -u)" = 0 ]; then
+    chown clickhouse: "$dir"
+    runas=(setpriv --reuid=clickhouse --regid=clickhouse --init-groups)
+  fi
+  "${runas[@]}" clickhouse-server --config=/etc/clickhouse-server/config.xml -- \
+    --path="$dir/" --tmp_path="$dir/tmp/" --user_files_path="$dir/uf/" \
+    --format_schema_path="$dir/fs/" --http_port="$http" --tcp_port="$tcp" \
+    --interserver_http_port="$inter" --listen_host=127.0.0.1 \
+    --logger.log="$dir/ch.log" --logger.errorlog="$dir/ch.err.log" >"$dir/out" 2>&1 &
+  STARTED_PIDS+=($!)
+  for _ in $(seq 1 240); do
+    if curl -sf "http://127.0.0.1:$http/ping" >/dev/null 2>&1; then
+      export SWITCHYARD_TEST_CLICKHOUSE_URL="http://127.0.0.1:$http/"
+      say "ClickHouse $(curl -s "http://127.0.0.1:$http/?query=SELECT%20version()") started on port $http"
+      return 0
+    fi
+    sleep 0.25
+  done
+  cat "$dir/out" "$dir/ch.err.log" >&2 2>/dev/null || true
+  return 1
+}
+
 # The npm packages of the Node.js client tests (crates/switchyard/tests/node: the official Segment
 # library), installed from the committed package-lock.json and kept in its node_modules while the
 # lock file is unchanged. Needs Node.js 20+ (Debian's is older, so none is installed here).
@@ -109,5 +144,9 @@ install_node_deps() {
 stop_services() {
   if [ -n "${PG_STOP:-}" ]; then "${PG_STOP[@]}" >/dev/null 2>&1 || true; fi
   for pid in "${STARTED_PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+  # Let them exit (ClickHouse writes while it shuts down) before removing their directories.
+  for pid in "${STARTED_PIDS[@]}"; do
+    for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+  done
   for dir in "${CLEANUP_DIRS[@]}"; do rm -rf "$dir"; done
 }

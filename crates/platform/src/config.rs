@@ -34,8 +34,9 @@ pub struct Config {
     /// `nats://…` puts the tracking event log in NATS JetStream; unset means
     /// `sqlite://{data_dir}/events.db`.
     pub event_log_url: Option<String>,
-    /// Where analytics are stored; unset means `sqlite://{data_dir}/analytics.db`.
-    pub analytics_url: Option<String>,
+    /// Where analytics are stored: `sqlite://PATH`, or ClickHouse's HTTP interface
+    /// (`http://host:8123/?database=NAME`); unset means `sqlite://{data_dir}/analytics.db`.
+    pub analytics_url: Option<SecretString>,
     /// A MaxMind-format (GeoIP2/GeoLite2 City) database for country/region/city; unset: no geo.
     pub geoip_database: Option<PathBuf>,
     pub tracking: TrackingConfig,
@@ -238,10 +239,15 @@ impl Config {
         {
             return Err(err("event_log_url", "expected a nats:// or sqlite:// URL"));
         }
-        if let Some(url) = &self.analytics_url
-            && !url.starts_with("sqlite://")
+        if let Some(url) = self.analytics_url.as_ref().map(|u| u.expose_secret())
+            && !(url.starts_with("sqlite://")
+                || url.starts_with("http://")
+                || url.starts_with("https://"))
         {
-            return Err(err("analytics_url", "expected a sqlite:// URL"));
+            return Err(err(
+                "analytics_url",
+                "expected a sqlite:// URL or ClickHouse's http(s)://host:8123/?database=NAME",
+            ));
         }
         if let Some(path) = &self.geoip_database
             && !path.is_file()
@@ -287,7 +293,7 @@ impl Config {
     /// The analytics store URL after defaults.
     pub fn analytics_url(&self) -> String {
         match &self.analytics_url {
-            Some(url) => url.clone(),
+            Some(url) => url.expose_secret().to_owned(),
             None => format!("sqlite://{}", self.data_dir.join("analytics.db").display()),
         }
     }

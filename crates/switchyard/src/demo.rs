@@ -290,7 +290,7 @@ pub async fn ingest(
         if batch.is_empty() {
             return Ok(consumed);
         }
-        pipeline.process(&batch).await?;
+        pipeline.process_batch(&batch).await?;
         subscription.ack(&batch).await?;
         consumed += batch.len() as u64;
     }
@@ -313,7 +313,15 @@ pub fn render(report: &DemoReport) -> String {
     let _ = writeln!(
         out,
         "{:<28} {:>9} {:>9} {:>9} {:>9} {:>10} {:>7} {:>6} {:>12}",
-        "site", "requests", "events", "visitors", "sessions", "pageviews", "bounce", "conv", "revenue"
+        "site",
+        "requests",
+        "events",
+        "visitors",
+        "sessions",
+        "pageviews",
+        "bounce",
+        "conv",
+        "revenue"
     );
     let row = |out: &mut String, name: &str, t: &SiteTotals| {
         let _ = writeln!(
@@ -331,7 +339,11 @@ pub fn render(report: &DemoReport) -> String {
         );
     };
     for (site, totals) in &report.sites {
-        row(&mut out, &format!("{} ({})", site.name, site.site_id), totals);
+        row(
+            &mut out,
+            &format!("{} ({})", site.name, site.site_id),
+            totals,
+        );
     }
     row(&mut out, "total", t);
     if let Some(key) = &report.api_key {
@@ -493,7 +505,11 @@ fn pages(kind: SiteKind) -> &'static [(&'static str, &'static str, u32)] {
             ("/products/canvas-tote", "Canvas tote", 6),
             ("/products/wool-beanie", "Wool beanie", 5),
             ("/products/trail-runner-shoes", "Trail runner shoes", 5),
-            ("/blog/how-to-layer-for-winter", "How to layer for winter", 6),
+            (
+                "/blog/how-to-layer-for-winter",
+                "How to layer for winter",
+                6,
+            ),
             ("/blog/caring-for-wool", "Caring for wool", 3),
             ("/pages/shipping", "Shipping & returns", 3),
             ("/pages/about", "About us", 2),
@@ -505,7 +521,11 @@ fn pages(kind: SiteKind) -> &'static [(&'static str, &'static str, u32)] {
             ("/features/invoicing", "Invoicing", 6),
             ("/features/expenses", "Expense tracking", 5),
             ("/customers", "Customers", 4),
-            ("/blog/closing-the-books-faster", "Closing the books faster", 8),
+            (
+                "/blog/closing-the-books-faster",
+                "Closing the books faster",
+                8,
+            ),
             ("/blog/vat-for-startups", "VAT for startups", 6),
             ("/docs/getting-started", "Getting started", 7),
             ("/docs/api", "API reference", 4),
@@ -513,10 +533,22 @@ fn pages(kind: SiteKind) -> &'static [(&'static str, &'static str, u32)] {
         ],
         SiteKind::Publisher => &[
             ("/", "Front page", 25),
-            ("/news/markets-rally-on-rate-cut", "Markets rally on rate cut", 12),
-            ("/news/city-council-approves-budget", "City council approves budget", 9),
+            (
+                "/news/markets-rally-on-rate-cut",
+                "Markets rally on rate cut",
+                12,
+            ),
+            (
+                "/news/city-council-approves-budget",
+                "City council approves budget",
+                9,
+            ),
             ("/news/new-rail-line-opens", "New rail line opens", 8),
-            ("/news/storm-warning-for-weekend", "Storm warning for the weekend", 8),
+            (
+                "/news/storm-warning-for-weekend",
+                "Storm warning for the weekend",
+                8,
+            ),
             ("/opinion/why-remote-work-stays", "Why remote work stays", 6),
             ("/topics/technology", "Technology", 6),
             ("/topics/sport", "Sport", 6),
@@ -528,11 +560,26 @@ fn pages(kind: SiteKind) -> &'static [(&'static str, &'static str, u32)] {
 
 /// The shop's products: id, name, price (EUR), page.
 const PRODUCTS: &[(&str, &str, f64, &str)] = &[
-    ("SKU-MCS-01", "Merino crew sweater", 89.0, "/products/merino-crew-sweater"),
-    ("SKU-WFJ-02", "Waxed field jacket", 219.0, "/products/waxed-field-jacket"),
+    (
+        "SKU-MCS-01",
+        "Merino crew sweater",
+        89.0,
+        "/products/merino-crew-sweater",
+    ),
+    (
+        "SKU-WFJ-02",
+        "Waxed field jacket",
+        219.0,
+        "/products/waxed-field-jacket",
+    ),
     ("SKU-CT-03", "Canvas tote", 35.0, "/products/canvas-tote"),
     ("SKU-WB-04", "Wool beanie", 29.0, "/products/wool-beanie"),
-    ("SKU-TRS-05", "Trail runner shoes", 129.0, "/products/trail-runner-shoes"),
+    (
+        "SKU-TRS-05",
+        "Trail runner shoes",
+        129.0,
+        "/products/trail-runner-shoes",
+    ),
 ];
 
 /// Picks from `(item, weight)` pairs.
@@ -620,8 +667,8 @@ impl TrafficGenerator {
         if self.next_day >= self.days {
             return None;
         }
-        let day_start = self.end
-            - Duration::from_secs(u64::from(self.days - self.next_day) * 86_400);
+        let day_start =
+            self.end - Duration::from_secs(u64::from(self.days - self.next_day) * 86_400);
         // Weekends are quieter, as in most B2B and retail traffic.
         let weekday = chrono::Datelike::weekday(&day_start.as_datetime()).num_days_from_monday();
         let volume = if weekday >= 5 { 0.75 } else { 1.0 };
@@ -666,8 +713,11 @@ impl TrafficGenerator {
     fn new_visitor(&mut self, first_seen: Timestamp) -> Visitor {
         let agents: Vec<(usize, u32)> = AGENTS.iter().enumerate().map(|(i, a)| (i, a.2)).collect();
         let agent = *pick(&mut self.rng, &agents);
-        let countries: Vec<(usize, u32)> =
-            COUNTRIES.iter().enumerate().map(|(i, c)| (i, c.1)).collect();
+        let countries: Vec<(usize, u32)> = COUNTRIES
+            .iter()
+            .enumerate()
+            .map(|(i, c)| (i, c.1))
+            .collect();
         let country = *pick(&mut self.rng, &countries);
         let ip = match COUNTRIES[country].3 {
             Some(mapped) => mapped.parse().unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST)),
@@ -697,8 +747,7 @@ impl TrafficGenerator {
     /// One session of a new or returning visitor of `site`, appended to `out` as requests.
     fn session(&mut self, site: usize, day_start: Timestamp, out: &mut Vec<LogRecord>) {
         let start = self.session_start(day_start);
-        let returning = !self.sites[site].visitors.is_empty()
-            && self.rng.gen_bool(RETURNING_SHARE);
+        let returning = !self.sites[site].visitors.is_empty() && self.rng.gen_bool(RETURNING_SHARE);
         let mut visitor = if returning {
             let i = self.rng.gen_range(0..self.sites[site].visitors.len());
             self.sites[site].visitors[i].clone()
@@ -723,7 +772,11 @@ impl TrafficGenerator {
             Source::OrganicSearch => 0.025,
             Source::Social | Source::Referral => 0.012,
         } * if returning { 1.6 } else { 1.0 }
-            * if kind == SiteKind::Publisher { 2.0 } else { 1.0 };
+            * if kind == SiteKind::Publisher {
+                2.0
+            } else {
+                1.0
+            };
         let converts = self.rng.gen_bool(conversion_rate);
         let bounce_rate = match source {
             Source::Email => 0.30,
@@ -831,7 +884,10 @@ impl TrafficGenerator {
             let last = index + 1 == pages_total;
             if last && engaged {
                 // gtag reports the time on the last page when it is left.
-                let lines = vec![Line(format!("en=user_engagement&_et={}", dwell_ms.max(10_001)))];
+                let lines = vec![Line(format!(
+                    "en=user_engagement&_et={}",
+                    dwell_ms.max(10_001)
+                ))];
                 out.push(self.request(
                     &site_info,
                     &visitor,
@@ -953,7 +1009,9 @@ impl TrafficGenerator {
             }
             (SiteKind::Shop, "/checkout") => {
                 let value: f64 = cart.iter().map(|c| c.2 * f64::from(c.3)).sum();
-                lines.push(Line(format!("en=begin_checkout&cu=EUR&epn.value={value:.2}")));
+                lines.push(Line(format!(
+                    "en=begin_checkout&cu=EUR&epn.value={value:.2}"
+                )));
             }
             (SiteKind::Shop, "/checkout/thank-you") => {
                 if cart.is_empty() {
@@ -968,8 +1026,8 @@ impl TrafficGenerator {
                     value / 1.2 * 0.2
                 );
                 for (n, c) in cart.iter().enumerate() {
-                    let pr = form_urlencoded::byte_serialize(item(*c).as_bytes())
-                        .collect::<String>();
+                    let pr =
+                        form_urlencoded::byte_serialize(item(*c).as_bytes()).collect::<String>();
                     let _ = write!(line, "&pr{}={pr}", n + 1);
                 }
                 lines.push(Line(line));
@@ -984,7 +1042,9 @@ impl TrafficGenerator {
             }
             (SiteKind::Saas, "/signup/welcome") => {
                 let plan = ["starter", "growth", "scale"][self.rng.gen_range(0..3)];
-                lines.push(Line(format!("en=sign_up&_c=1&ep.method=email&ep.plan={plan}")));
+                lines.push(Line(format!(
+                    "en=sign_up&_c=1&ep.method=email&ep.plan={plan}"
+                )));
                 self.count_conversion(site, 0.0);
             }
             (SiteKind::Publisher, "/newsletter/thanks") => {
@@ -996,7 +1056,11 @@ impl TrafficGenerator {
     }
 
     fn count_conversion(&mut self, site: &DemoSite, value: f64) {
-        if let Some(state) = self.sites.iter_mut().find(|s| s.site.site_id == site.site_id) {
+        if let Some(state) = self
+            .sites
+            .iter_mut()
+            .find(|s| s.site.site_id == site.site_id)
+        {
             state.totals.conversions += 1;
             state.totals.revenue += value;
         }
@@ -1022,7 +1086,13 @@ impl TrafficGenerator {
         q.append_pair("v", "2")
             .append_pair("tid", &site.measurement_id)
             .append_pair("gtm", "45je4bk0v9871025398za200")
-            .append_pair("_p", &self.rng.gen_range(1_000_000_000..2_000_000_000u64).to_string())
+            .append_pair(
+                "_p",
+                &self
+                    .rng
+                    .gen_range(1_000_000_000..2_000_000_000u64)
+                    .to_string(),
+            )
             .append_pair("gcs", "G111")
             .append_pair("gcd", "13l3l3l3l1l1")
             .append_pair("npa", "0")
@@ -1039,7 +1109,11 @@ impl TrafficGenerator {
             q.append_pair("dr", referrer);
         }
         q.append_pair("dt", &format!("{title} – {}", site.name));
-        let body = lines.iter().map(|l| l.0.as_str()).collect::<Vec<_>>().join("\r\n");
+        let body = lines
+            .iter()
+            .map(|l| l.0.as_str())
+            .collect::<Vec<_>>()
+            .join("\r\n");
         let request = RawRequest::new("POST", "/g/collect", q.finish(), time)
             .with_header("user-agent", agent)
             .with_header("content-type", "text/plain;charset=UTF-8")
@@ -1070,9 +1144,15 @@ impl TrafficGenerator {
                 if hit.event_name == "page_view" {
                     totals.pageviews += 1;
                 }
-                *totals.event_names.entry(hit.event_name.clone()).or_default() += 1;
+                *totals
+                    .event_names
+                    .entry(hit.event_name.clone())
+                    .or_default() += 1;
                 if mapped.is_some() {
-                    *totals.mapped_countries.entry(country.to_owned()).or_default() += 1;
+                    *totals
+                        .mapped_countries
+                        .entry(country.to_owned())
+                        .or_default() += 1;
                 }
             }
         }
@@ -1115,7 +1195,10 @@ mod tests {
         let records: u64 = totals.iter().map(|t| t.1.records).sum();
         assert_eq!(records as usize, a.len());
         for (site, t) in &totals {
-            assert!(t.visitors > 0 && t.sessions >= t.visitors, "{site:?}: {t:?}");
+            assert!(
+                t.visitors > 0 && t.sessions >= t.visitors,
+                "{site:?}: {t:?}"
+            );
             assert!(t.pageviews >= t.sessions && t.events > t.pageviews, "{t:?}");
         }
     }

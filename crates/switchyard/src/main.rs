@@ -43,8 +43,39 @@ enum Command {
         #[command(subcommand)]
         command: AdminCommand,
     },
+    /// Generate realistic demo traffic (a demo user, workspace and sites) into the event log.
+    Demo(DemoArgs),
     /// Print the version.
     Version,
+}
+
+#[derive(Args)]
+struct DemoArgs {
+    #[command(flatten)]
+    storage: StorageArgs,
+    /// Number of demo sites (kinds rotate: shop, SaaS, publisher).
+    #[arg(long, default_value_t = 3)]
+    sites: u32,
+    /// Days of traffic, ending now.
+    #[arg(long, default_value_t = 30)]
+    days: u32,
+    /// Visits per site and weekday (weekends are quieter; a quarter are returning visitors).
+    #[arg(long, default_value_t = 200)]
+    visitors_per_day: u32,
+    /// Seed of the generator: the same seed gives the same traffic.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    #[arg(long, default_value = "demo@switchyard.example")]
+    email: String,
+    #[arg(
+        long,
+        env = "SWITCHYARD_DEMO_PASSWORD",
+        hide_env_values = true,
+        default_value = "demo password, change me"
+    )]
+    password: String,
+    #[arg(long, default_value = "Demo Agency")]
+    workspace: String,
 }
 
 #[derive(Subcommand)]
@@ -192,6 +223,33 @@ async fn real_main() -> anyhow::Result<()> {
                 platform::accounts::bootstrap(&db, &email, &password, &workspace, new_key).await?;
             db.close().await;
             println!("{}", serde_json::to_string(&out)?);
+            Ok(())
+        }
+        Command::Demo(args) => {
+            let config = args.storage.load(None)?;
+            init_logging(config.log_format);
+            let db = switchyard::open_database(&config).await?;
+            switchyard::secret_box(&config)?;
+            let log = tracking::log::open(&config.event_log_url()).await?;
+            let options = switchyard::demo::DemoOptions {
+                sites: args.sites,
+                days: args.days,
+                visitors_per_day: args.visitors_per_day,
+                seed: args.seed,
+                email: args.email,
+                password: args.password,
+                workspace: args.workspace,
+            };
+            let report = switchyard::demo::run(
+                &db,
+                log.as_ref(),
+                &options,
+                std::io::IsTerminal::is_terminal(&std::io::stderr()),
+            )
+            .await;
+            log.close().await;
+            db.close().await;
+            print!("{}", switchyard::demo::render(&report?));
             Ok(())
         }
         Command::Serve {

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::support::{Backend, TestApp, User};
+use crate::support::{Backend, TestApp, User, clickhouse_analytics_url};
 
 const HOST: &str = "stats.shop.example.com";
 const CHROME: &str = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.0.0 Safari/537.36";
@@ -68,19 +68,28 @@ async fn settle(app: &TestApp, user: &User, base: &str, events: i64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gateway_to_dashboard_sqlite() {
-    gateway_to_dashboard(Backend::Sqlite).await;
+    gateway_to_dashboard(Backend::Sqlite, None).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gateway_to_dashboard_postgres() {
-    gateway_to_dashboard(Backend::Postgres).await;
+    gateway_to_dashboard(Backend::Postgres, None).await;
 }
 
-async fn gateway_to_dashboard(backend: Backend) {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_to_dashboard_clickhouse() {
+    if let Some(url) = clickhouse_analytics_url() {
+        gateway_to_dashboard(Backend::Sqlite, Some(url)).await;
+    }
+}
+
+/// `analytics_url`: where analytics are stored (`None`: the embedded SQLite file).
+async fn gateway_to_dashboard(backend: Backend, analytics_url: Option<String>) {
     let geo = geo_db();
     let Some(app) = TestApp::spawn_with(backend, |c| {
         c.tracking.trust_forwarded_for = true;
         c.geoip_database = Some(geo);
+        c.analytics_url = analytics_url.map(Into::into);
     })
     .await
     else {
@@ -266,7 +275,22 @@ async fn gateway_to_dashboard(backend: Backend) {
 
 #[tokio::test]
 async fn redelivering_the_whole_log_adds_nothing() {
-    let app = TestApp::spawn(Backend::Sqlite).await;
+    redelivering_the_whole_log(None).await;
+}
+
+#[tokio::test]
+async fn redelivering_the_whole_log_adds_nothing_clickhouse() {
+    if let Some(url) = clickhouse_analytics_url() {
+        redelivering_the_whole_log(Some(url)).await;
+    }
+}
+
+async fn redelivering_the_whole_log(analytics_url: Option<String>) {
+    let app = TestApp::spawn_with(Backend::Sqlite, |c| {
+        c.analytics_url = analytics_url.map(Into::into)
+    })
+    .await
+    .expect("SQLite is always available");
     let owner = app.signup("replay@example.com").await;
     let ws = app.workspace(&owner, "Replay").await;
     let (site, _, _) = app.site(&owner, &ws, HOST).await;

@@ -9,6 +9,7 @@ mod cli;
 mod collect;
 mod conventions;
 mod crash;
+mod demo;
 mod forward;
 mod loader;
 mod segment_client;

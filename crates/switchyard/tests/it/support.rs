@@ -265,6 +265,27 @@ pub fn nats_log_url() -> Option<String> {
     }
 }
 
+/// A ClickHouse analytics URL on a database of its own, when `SWITCHYARD_TEST_CLICKHOUSE_URL` is
+/// set (and a failure when `SWITCHYARD_REQUIRE_CLICKHOUSE=1` says it must be).
+pub fn clickhouse_analytics_url() -> Option<String> {
+    match std::env::var("SWITCHYARD_TEST_CLICKHOUSE_URL") {
+        Ok(url) if !url.is_empty() => {
+            let mut url = reqwest::Url::parse(&url).expect("SWITCHYARD_TEST_CLICKHOUSE_URL");
+            url.query_pairs_mut()
+                .append_pair("database", &format!("t_{}", uuid::Uuid::now_v7().simple()));
+            Some(url.to_string())
+        }
+        _ => {
+            assert!(
+                std::env::var("SWITCHYARD_REQUIRE_CLICKHOUSE").as_deref() != Ok("1"),
+                "SWITCHYARD_REQUIRE_CLICKHOUSE=1 but SWITCHYARD_TEST_CLICKHOUSE_URL is unset"
+            );
+            eprintln!("skipped: SWITCHYARD_TEST_CLICKHOUSE_URL is unset");
+            None
+        }
+    }
+}
+
 impl TestApp {
     /// A site serving `host` with measurement id `G-TEST123`; returns (site id, write key, MP secret).
     pub async fn site(&self, user: &User, ws: &str, host: &str) -> (String, String, String) {

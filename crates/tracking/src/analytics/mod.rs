@@ -3,8 +3,9 @@
 //! The pipeline turns each hit of a [`crate::gateway::LogRecord`] into one flat
 //! [`AnalyticsEvent`] and inserts it into an [`AnalyticsStore`]. Inserts are idempotent on the hit
 //! id, so redelivering the whole event log adds nothing twice. The embedded store is a SQLite file
-//! of its own (`analytics.db`); ClickHouse joins later behind the same trait.
+//! of its own (`analytics.db`); at scale, ClickHouse ([`clickhouse`]) behind the same trait.
 
+pub mod clickhouse;
 pub mod query;
 pub mod routes;
 pub mod sqlite;
@@ -98,12 +99,18 @@ pub trait AnalyticsStore: Send + Sync + 'static {
     ) -> BoxFuture<'a, anyhow::Result<Vec<AnalyticsEvent>>>;
 }
 
-/// Opens the analytics store named by `url` (`sqlite://PATH`; ClickHouse comes later).
+/// Opens the analytics store named by `url`: `sqlite://PATH`, or ClickHouse's HTTP interface as
+/// `http(s)://[user:pass@]host:8123/?database=NAME` (see [`clickhouse`]).
 pub async fn open(url: &str) -> anyhow::Result<std::sync::Arc<dyn AnalyticsStore>> {
     if let Some(path) = url.strip_prefix("sqlite://") {
         return Ok(std::sync::Arc::new(
             sqlite::SqliteAnalytics::open(std::path::Path::new(path)).await?,
         ));
     }
-    anyhow::bail!("unsupported analytics URL (expected sqlite://)")
+    if url.starts_with("http://") || url.starts_with("https://") {
+        return Ok(std::sync::Arc::new(
+            clickhouse::ClickHouseAnalytics::open(url).await?,
+        ));
+    }
+    anyhow::bail!("unsupported analytics URL (expected sqlite:// or ClickHouse's http(s)://)")
 }

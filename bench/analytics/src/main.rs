@@ -1,0 +1,536 @@
+//! `bench-analytics`: how fast tracked hits become queryable, and how fast the dashboard reads
+//! them back. Traffic comes from the `switchyard demo` generator (seeded, realistic GA4 gtag
+//! requests), so both phases work on the data shape production sees.
+//!
+//! - Phase A, pipeline throughput: K generated records are appended to a fresh SQLite event log
+//!   (not timed), then the analytics pipeline consumes them — read a batch, parse, enrich,
+//!   assign sessions, insert into a fresh SQLite analytics store, acknowledge — exactly as the
+//!   worker role does. Timed from the first read to the last acknowledgement.
+//! - Phase B, dashboard latency: M events of one site over 30 days are inserted into a fresh
+//!   store with `insert` in big batches, then the seven dashboard widgets are timed through the
+//!   `AnalyticsStore` API and, as the baseline, as hand-written SQL on the same file, alternately,
+//!   several times each. Both must return the same numbers.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::Parser;
+use futures::FutureExt;
+use futures::future::BoxFuture;
+use platform::Timestamp;
+use platform::id::WorkspaceId;
+use sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions};
+use sqlx::{AssertSqlSafe, SqlitePool};
+use switchyard::demo::{DemoSite, TrafficGenerator, append_all};
+use tracking::analytics::query::{Interval, buckets};
+use tracking::analytics::sqlite::SqliteAnalytics;
+use tracking::analytics::{
+    AnalyticsEvent, AnalyticsStore, BreakdownRow, Dimension, Query, Summary, TimeseriesPoint,
+};
+use tracking::enrich::Enricher;
+use tracking::log::sqlite::{Options, SqliteLog};
+use tracking::log::{Delivery, EventLog};
+use tracking::pipeline::{GROUP, Pipeline};
+use tracking::sites::SiteId;
+
+#[derive(Parser)]
+#[command(name = "bench-analytics")]
+struct Args {
+    /// Log records (gtag requests) for phase A; 0 skips it.
+    #[arg(long, default_value_t = 200_000)]
+    records: u64,
+    /// Events for phase B; 0 skips it.
+    #[arg(long, default_value_t = 1_000_000)]
+    events: u64,
+    /// Timed runs of each widget (after one warm-up run).
+    #[arg(long, default_value_t = 5)]
+    runs: usize,
+    /// Generator seed.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Where the databases go (default: a temporary directory, removed afterwards).
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    /// MaxMind City database for geo enrichment (default: the test database in
+    /// ../shared/testdata/geoip when present).
+    #[arg(long)]
+    geoip: Option<PathBuf>,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let temp = tempfile::tempdir()?;
+    let dir = args
+        .dir
+        .clone()
+        .unwrap_or_else(|| temp.path().to_path_buf());
+    std::fs::create_dir_all(&dir)?;
+    let geoip = args.geoip.clone().or_else(|| {
+        let default = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../../shared/testdata/geoip/GeoIP2-City-Test.mmdb");
+        default.is_file().then_some(default)
+    });
+    let enricher = Enricher::new(geoip.as_deref())?;
+    println!(
+        "bench-analytics: records={} events={} runs={} seed={} geo={} dir={}",
+        args.records,
+        args.events,
+        args.runs,
+        args.seed,
+        geoip
+            .as_deref()
+            .map_or("none".into(), |p| p.display().to_string()),
+        dir.display()
+    );
+    if args.records > 0 {
+        pipeline_throughput(&dir.join("a"), args.records, args.seed, enricher.clone()).await?;
+    }
+    if args.events > 0 {
+        dashboard_latency(&dir.join("b"), args.events, args.runs, args.seed, enricher).await?;
+    }
+    Ok(())
+}
+
+fn demo_sites(count: u32) -> Vec<DemoSite> {
+    let workspace = WorkspaceId::new();
+    (0..count)
+        .map(|i| DemoSite::nth(i, SiteId::new(), workspace))
+        .collect()
+}
+
+/// Visits per site and day so that `days` days give about `target` of `per_visit`.
+fn visits_for(target: u64, sites: u64, days: u64, per_visit: f64) -> u32 {
+    ((target as f64 / (sites * days) as f64 / per_visit).ceil() as u32).max(1)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Phase A.
+
+async fn pipeline_throughput(
+    dir: &Path,
+    records: u64,
+    seed: u64,
+    enricher: Enricher,
+) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let log = SqliteLog::open(&dir.join("events.db"), Options::default()).await?;
+    let store = Arc::new(SqliteAnalytics::open(&dir.join("analytics.db")).await?);
+    let sites = demo_sites(3);
+    let mut generator = TrafficGenerator::new(
+        sites,
+        30,
+        visits_for(records, 3, 30, 3.0),
+        seed,
+        Timestamp::now(),
+    );
+    let (mut appended, mut events) = (0u64, 0u64);
+    let started = Instant::now();
+    while appended < records {
+        let Some(mut day) = generator.next_day() else {
+            break;
+        };
+        day.truncate((records - appended) as usize);
+        events += day.iter().map(|r| r.hits.len() as u64).sum::<u64>();
+        append_all(&log, &day).await?;
+        appended += day.len() as u64;
+    }
+    let append_secs = started.elapsed().as_secs_f64();
+    println!(
+        "\n## A. pipeline throughput\n\nappended {appended} records ({events} events) to a fresh \
+         SQLite log in {append_secs:.1}s ({:.0} records/s, generation and serialization included; not the measured figure)",
+        appended as f64 / append_secs
+    );
+
+    let pipeline = Pipeline::new(store.clone(), enricher);
+    let mut subscription = log.subscribe(GROUP).await?;
+    let started = Instant::now();
+    let mut consumed = 0u64;
+    let mut batches = 0u64;
+    while consumed < appended {
+        let batch = subscription
+            .next_batch(2_000, Duration::from_secs(5))
+            .await?;
+        anyhow::ensure!(
+            !batch.is_empty(),
+            "the log ran dry at {consumed} of {appended}"
+        );
+        pipeline.process_batch(&batch).await?;
+        subscription.ack(&batch).await?;
+        consumed += batch.len() as u64;
+        batches += 1;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    let site_events = count_events(store.as_ref(), &generator_sites(generator)).await?;
+    anyhow::ensure!(
+        site_events == events,
+        "the store holds {site_events} events, {events} were generated"
+    );
+    println!(
+        "pipeline: {consumed} records, {events} events in {batches} batches in {secs:.2}s: \
+         **{:.0} events/s** ({:.0} records/s) from log to queryable; target ≥ 25,000 events/s: {}",
+        events as f64 / secs,
+        consumed as f64 / secs,
+        if events as f64 / secs >= 25_000.0 {
+            "met"
+        } else {
+            "NOT met"
+        }
+    );
+    log.close().await;
+    Ok(())
+}
+
+fn generator_sites(generator: TrafficGenerator) -> Vec<SiteId> {
+    generator
+        .into_totals()
+        .into_iter()
+        .map(|(site, _)| site.site_id)
+        .collect()
+}
+
+/// Events stored for `sites` over all time, through the store's own summary.
+async fn count_events(store: &dyn AnalyticsStore, sites: &[SiteId]) -> anyhow::Result<u64> {
+    let mut total = 0;
+    for site in sites {
+        let query = Query {
+            site_id: *site,
+            from: Timestamp::now() - Duration::from_secs(400 * 86_400),
+            to: Timestamp::now() + Duration::from_secs(86_400),
+            filters: Vec::new(),
+        };
+        total += store.summary(&query).await?.events as u64;
+    }
+    Ok(total)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Phase B.
+
+/// An analytics store that only collects what the pipeline inserts, so phase B can turn
+/// generated records into events with the real enrichment and then time plain big-batch inserts.
+#[derive(Default)]
+struct Collect(Mutex<Vec<AnalyticsEvent>>);
+
+impl AnalyticsStore for Collect {
+    fn insert<'a>(&'a self, events: &'a [AnalyticsEvent]) -> BoxFuture<'a, anyhow::Result<()>> {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend_from_slice(events);
+        futures::future::ready(Ok(())).boxed()
+    }
+    fn last_session<'a>(
+        &'a self,
+        _: SiteId,
+        _: &'a str,
+        _: Timestamp,
+    ) -> BoxFuture<'a, anyhow::Result<Option<(String, Timestamp)>>> {
+        futures::future::ready(Ok(None)).boxed()
+    }
+    fn summary<'a>(&'a self, _: &'a Query) -> BoxFuture<'a, anyhow::Result<Summary>> {
+        futures::future::ready(Err(anyhow::anyhow!("not a query store"))).boxed()
+    }
+    fn timeseries<'a>(
+        &'a self,
+        _: &'a Query,
+        _: &'a [(Timestamp, Timestamp)],
+    ) -> BoxFuture<'a, anyhow::Result<Vec<TimeseriesPoint>>> {
+        futures::future::ready(Err(anyhow::anyhow!("not a query store"))).boxed()
+    }
+    fn breakdown<'a>(
+        &'a self,
+        _: &'a Query,
+        _: &'a Dimension,
+        _: u32,
+    ) -> BoxFuture<'a, anyhow::Result<Vec<BreakdownRow>>> {
+        futures::future::ready(Err(anyhow::anyhow!("not a query store"))).boxed()
+    }
+    fn events<'a>(
+        &'a self,
+        _: &'a Query,
+        _: Option<tracking::HitId>,
+        _: u32,
+    ) -> BoxFuture<'a, anyhow::Result<Vec<AnalyticsEvent>>> {
+        futures::future::ready(Err(anyhow::anyhow!("not a query store"))).boxed()
+    }
+}
+
+/// The numbers a widget shows, to compare the store's answer with the baseline's.
+type Answer = Vec<(Option<String>, i64, i64, i64, i64)>;
+
+const WIDGETS: &[&str] = &[
+    "summary",
+    "timeseries (day)",
+    "top pages",
+    "top sources",
+    "devices",
+    "countries",
+    "realtime",
+];
+
+async fn dashboard_latency(
+    dir: &Path,
+    target: u64,
+    runs: usize,
+    seed: u64,
+    enricher: Enricher,
+) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let path = dir.join("analytics.db");
+    let store = SqliteAnalytics::open(&path).await?;
+    let sites = demo_sites(1);
+    let site_id = sites[0].site_id;
+    let now = Timestamp::now();
+    let mut generator = TrafficGenerator::new(sites, 30, visits_for(target, 1, 30, 4.5), seed, now);
+    let collect = Arc::new(Collect::default());
+    let pipeline = Pipeline::new(collect.clone(), enricher);
+    let (mut loaded, mut insert_secs) = (0u64, 0.0f64);
+    let started = Instant::now();
+    while loaded < target {
+        let Some(day) = generator.next_day() else {
+            break;
+        };
+        let deliveries: Vec<Delivery> = day
+            .iter()
+            .enumerate()
+            .map(|(i, record)| {
+                Ok(Delivery {
+                    sequence: i as u64,
+                    payload: bytes::Bytes::from(serde_json::to_vec(record)?),
+                    redeliveries: 0,
+                })
+            })
+            .collect::<anyhow::Result<_>>()?;
+        pipeline.process_batch(&deliveries).await?;
+        let mut events = std::mem::take(&mut *collect.0.lock().unwrap_or_else(|e| e.into_inner()));
+        events.truncate((target - loaded) as usize);
+        let t = Instant::now();
+        for chunk in events.chunks(50_000) {
+            store.insert(chunk).await?;
+        }
+        insert_secs += t.elapsed().as_secs_f64();
+        loaded += events.len() as u64;
+    }
+    let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0)
+        + std::fs::metadata(dir.join("analytics.db-wal"))
+            .map(|m| m.len())
+            .unwrap_or(0);
+    println!(
+        "\n## B. dashboard latency\n\nloaded {loaded} events (one site, 30 days) in {:.1}s; \
+         `insert` in batches of 50,000: {insert_secs:.1}s ({:.0} events/s); database {:.0} MB",
+        started.elapsed().as_secs_f64(),
+        loaded as f64 / insert_secs,
+        size as f64 / 1e6
+    );
+
+    let baseline = SqlitePoolOptions::new()
+        .max_connections(4)
+        .connect_with(SqliteConnectOptions::new().filename(&path).read_only(true))
+        .await
+        .context("opening the baseline connection")?;
+    let query = Query {
+        site_id,
+        from: now - Duration::from_secs(30 * 86_400),
+        to: now,
+        filters: Vec::new(),
+    };
+    let realtime = Query {
+        site_id,
+        from: now - Duration::from_secs(300),
+        to: now + Duration::from_secs(60),
+        filters: Vec::new(),
+    };
+    let mut table = Vec::new();
+    for (index, name) in WIDGETS.iter().enumerate() {
+        let mut ours = Vec::new();
+        let mut theirs = Vec::new();
+        let (mut a, mut b) = (Answer::new(), Answer::new());
+        for run in 0..=runs {
+            let t = Instant::now();
+            a = widget(&store, index, &query, &realtime).await?;
+            let store_secs = t.elapsed().as_secs_f64();
+            let t = Instant::now();
+            b = hand_written(&baseline, index, &query, &realtime).await?;
+            let sql_secs = t.elapsed().as_secs_f64();
+            if run > 0 {
+                ours.push(store_secs);
+                theirs.push(sql_secs);
+            }
+        }
+        anyhow::ensure!(
+            a == b,
+            "{name}: the store and the baseline disagree:\n{a:?}\n{b:?}"
+        );
+        table.push((*name, median(&mut ours), median(&mut theirs), a.len()));
+    }
+    println!(
+        "\nwidget p50 over {runs} runs (after a warm-up run), range = last 30 days:\n\n\
+         | widget | rows | AnalyticsStore p50 | hand-written SQL p50 | ratio |\n|---|---:|---:|---:|---:|"
+    );
+    let (mut total_store, mut total_sql) = (0.0, 0.0);
+    for (name, store_p50, sql_p50, rows) in &table {
+        total_store += store_p50;
+        total_sql += sql_p50;
+        println!(
+            "| {name} | {rows} | {:.1} ms | {:.1} ms | {:.2}× |",
+            store_p50 * 1e3,
+            sql_p50 * 1e3,
+            store_p50 / sql_p50.max(1e-9)
+        );
+    }
+    println!(
+        "| **all seven (sequential)** | | **{:.0} ms** | **{:.0} ms** | {:.2}× |",
+        total_store * 1e3,
+        total_sql * 1e3,
+        total_store / total_sql.max(1e-9)
+    );
+    println!("\nthe store's and the hand-written SQL's answers are identical for every widget");
+    Ok(())
+}
+
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values.get(values.len() / 2).copied().unwrap_or(0.0)
+}
+
+fn summary_answer(s: &Summary) -> Answer {
+    // Rates compared to 1e-6: two summation orders may differ in the last bits.
+    vec![(
+        Some(format!("{:.6} {:.6}", s.bounce_rate, s.avg_session_seconds)),
+        s.visitors,
+        s.sessions,
+        s.pageviews,
+        s.events,
+    )]
+}
+
+fn breakdown_answer(rows: Vec<BreakdownRow>) -> Answer {
+    rows.into_iter()
+        .map(|r| (r.value, r.visitors, r.events, 0, 0))
+        .collect()
+}
+
+const BREAKDOWNS: [&str; 4] = ["page_path", "source", "device", "country"];
+
+/// Widget `index` through the `AnalyticsStore` API, as the HTTP handlers call it.
+async fn widget(
+    store: &SqliteAnalytics,
+    index: usize,
+    query: &Query,
+    realtime: &Query,
+) -> anyhow::Result<Answer> {
+    Ok(match index {
+        0 => summary_answer(&store.summary(query).await?),
+        1 => {
+            let buckets = buckets(query.from, query.to, Interval::Day, chrono_tz::UTC)
+                .map_err(|e| anyhow::anyhow!("{}", e.message))?;
+            store
+                .timeseries(query, &buckets)
+                .await?
+                .into_iter()
+                .filter(|p| p.events > 0)
+                .map(|p| {
+                    (
+                        Some(p.start.as_datetime().timestamp_millis().to_string()),
+                        p.visitors,
+                        p.sessions,
+                        p.pageviews,
+                        p.events,
+                    )
+                })
+                .collect()
+        }
+        2..=5 => breakdown_answer(
+            store
+                .breakdown(query, &Dimension::Column(BREAKDOWNS[index - 2]), 10)
+                .await?,
+        ),
+        _ => summary_answer(&store.summary(realtime).await?),
+    })
+}
+
+fn millis(t: Timestamp) -> i64 {
+    t.as_datetime().timestamp_millis()
+}
+
+/// Widget `index` as someone would write it by hand against the `events` table: one statement
+/// per widget (the summary's per-session figures and totals in one pass, the time series as one
+/// `GROUP BY` over UTC days instead of one range scan per bucket).
+async fn hand_written(
+    pool: &SqlitePool,
+    index: usize,
+    query: &Query,
+    realtime: &Query,
+) -> anyhow::Result<Answer> {
+    const SUMMARY: &str = "WITH s AS (
+            SELECT visitor, SUM(event_name = 'page_view') AS pv, COUNT(*) AS n,
+                   MAX(engaged) AS eng, (MAX(ts) - MIN(ts)) / 1000.0 AS dur
+            FROM events WHERE site_id = ?1 AND ts >= ?2 AND ts < ?3 AND bot = 0
+            GROUP BY session)
+        SELECT COUNT(DISTINCT visitor), COUNT(*), COALESCE(SUM(pv), 0), COALESCE(SUM(n), 0),
+               COALESCE(AVG(pv <= 1 AND eng = 0), 0.0), COALESCE(AVG(dur), 0.0) FROM s";
+    let summary = |q: &Query| {
+        let (site, from, to) = (q.site_id, millis(q.from), millis(q.to));
+        async move {
+            let (visitors, sessions, pageviews, events, bounce_rate, avg_session_seconds): (
+                i64,
+                i64,
+                i64,
+                i64,
+                f64,
+                f64,
+            ) = sqlx::query_as(SUMMARY)
+                .bind(site)
+                .bind(from)
+                .bind(to)
+                .fetch_one(pool)
+                .await?;
+            anyhow::Ok(summary_answer(&Summary {
+                visitors,
+                sessions,
+                pageviews,
+                events,
+                bounce_rate,
+                avg_session_seconds,
+            }))
+        }
+    };
+    let (site, from, to) = (query.site_id, millis(query.from), millis(query.to));
+    Ok(match index {
+        0 => summary(query).await?,
+        1 => {
+            let rows: Vec<(i64, i64, i64, i64, i64)> = sqlx::query_as(
+                "SELECT ts / 86400000 * 86400000 AS day, COUNT(DISTINCT visitor),
+                        COUNT(DISTINCT session), SUM(event_name = 'page_view'), COUNT(*)
+                 FROM events WHERE site_id = ?1 AND ts >= ?2 AND ts < ?3 AND bot = 0
+                 GROUP BY day ORDER BY day",
+            )
+            .bind(site)
+            .bind(from)
+            .bind(to)
+            .fetch_all(pool)
+            .await?;
+            rows.into_iter()
+                .map(|(day, v, s, p, e)| (Some(day.to_string()), v, s, p, e))
+                .collect()
+        }
+        2..=5 => {
+            let column = BREAKDOWNS[index - 2];
+            let rows: Vec<(Option<String>, i64, i64)> = sqlx::query_as(AssertSqlSafe(format!(
+                "SELECT {column}, COUNT(DISTINCT visitor) AS visitors, COUNT(*) AS events
+                 FROM events WHERE site_id = ?1 AND ts >= ?2 AND ts < ?3 AND bot = 0
+                 GROUP BY 1 ORDER BY visitors DESC, events DESC, 1 LIMIT 10"
+            )))
+            .bind(site)
+            .bind(from)
+            .bind(to)
+            .fetch_all(pool)
+            .await?;
+            rows.into_iter().map(|(v, a, b)| (v, a, b, 0, 0)).collect()
+        }
+        _ => summary(realtime).await?,
+    })
+}

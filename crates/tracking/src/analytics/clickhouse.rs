@@ -1,0 +1,753 @@
+//! The scale-out analytics store: one flat `events` table in ClickHouse, spoken to over its HTTP
+//! interface with plain `reqwest` (JSONEachRow in and out), in SQL that both Debian's 18.16 and
+//! current ClickHouse accept.
+//!
+//! Selected by `analytics_url = "http://host:8123/?database=NAME"` (or `https://`). `database`
+//! defaults to `switchyard`; the database and the table are created on open. Credentials go in the
+//! URL's user info (`http://user:pass@host:8123/…`, sent as HTTP basic auth); any other query
+//! parameter is passed to ClickHouse with every request (settings such as
+//! `max_execution_time=30`).
+//!
+//! Idempotency: the table is a `ReplacingMergeTree` keyed by `(site_id, toDate(ts), hit_id)`, so
+//! a redelivered hit (same site, same time, same id) collapses into one row — but only when a
+//! background merge gets to it, which may be never for parts that are not merged together. Queries
+//! therefore never assume merged data: every count is `uniqExact(hit_id)` (or `uniqExactIf`),
+//! visitors and sessions are distinct counts anyway, per-session maxima and minima ignore
+//! duplicates, and raw reads take `LIMIT 1 BY hit_id`. We chose this over `FINAL` because `FINAL`
+//! merges at query time (single-threaded on 18.16, and it defeats `PREWHERE`), while distinct
+//! counts cost one hash set per aggregate and are exact before and after merges.
+//!
+//! Times: `time_ms` (Int64, epoch milliseconds) is what queries compare and order by, exactly as
+//! the SQLite store does; `ts` (DateTime, seconds) is `MATERIALIZED` from it, for partitioning and
+//! the primary index, and each range condition repeats on `ts` so the index prunes.
+//!
+//! Binding: 18.16 has no query parameters, so values are spliced as string literals through
+//! [`quote`] (unit-tested below), numbers are formatted from integers, and dimensions and columns
+//! come from the closed sets of [`super::query`]. Event parameters are stored twice: the JSON as
+//! text (returned by raw reads) and as parallel `param_keys`/`param_values` arrays, each value
+//! already in the text form SQLite's `CAST(json_extract(…) AS TEXT)` yields, so breakdowns and
+//! filters by `param:` behave the same on both stores without JSON functions 18.16 lacks.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use futures::FutureExt;
+use futures::future::BoxFuture;
+use platform::Timestamp;
+use reqwest::Url;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Deserializer, Serialize};
+
+use super::query::{Dimension, FilterOp};
+use super::{AnalyticsEvent, AnalyticsStore, BreakdownRow, Query, Summary, TimeseriesPoint};
+use crate::HitId;
+use crate::sites::SiteId;
+
+/// Buckets per `UNION ALL` request: keeps the query text well under ClickHouse's default
+/// `max_query_size` (256 KiB) even with the maximum of 20 filters.
+const BUCKETS_PER_QUERY: usize = 40;
+
+/// Rows per insert request.
+const ROWS_PER_INSERT: usize = 10_000;
+
+const DEFAULT_DATABASE: &str = "switchyard";
+
+/// The inserted columns, in [`InsertRow`] order (`ts` is materialized).
+const INSERT_COLUMNS: &str = "hit_id, site_id, workspace_id, time_ms, event_name, visitor, \
+    session, engaged, page_host, page_path, page_title, referrer_host, source, medium, campaign, \
+    term, content, channel, country, region, city, device, browser, os, value, currency, params, \
+    param_keys, param_values, bot";
+
+/// The columns raw reads select, in [`EventRow`] order.
+const READ_COLUMNS: &str = "hit_id, site_id, workspace_id, time_ms, event_name, visitor, \
+    session, engaged, page_host, page_path, page_title, referrer_host, source, medium, campaign, \
+    term, content, channel, country, region, city, device, browser, os, value, currency, params, \
+    bot";
+
+fn create_table(table: &str) -> String {
+    format!(
+        "CREATE TABLE IF NOT EXISTS {table} (
+            site_id       String,
+            hit_id        String,
+            workspace_id  String,
+            time_ms       Int64,
+            ts            DateTime MATERIALIZED toDateTime(intDiv(greatest(time_ms, 0), 1000)),
+            event_name    String,
+            visitor       String,
+            session       String,
+            engaged       UInt8,
+            page_host Nullable(String), page_path Nullable(String), page_title Nullable(String),
+            referrer_host Nullable(String), source Nullable(String), medium Nullable(String),
+            campaign Nullable(String), term Nullable(String), content Nullable(String),
+            channel Nullable(String), country Nullable(String), region Nullable(String),
+            city Nullable(String), device Nullable(String), browser Nullable(String),
+            os Nullable(String),
+            value         Nullable(Float64),
+            currency      Nullable(String),
+            params        String,
+            param_keys    Array(String),
+            param_values  Array(String),
+            bot           UInt8
+        ) ENGINE = ReplacingMergeTree()
+        PARTITION BY toYYYYMM(ts)
+        ORDER BY (site_id, toDate(ts), hit_id)"
+    )
+}
+
+/// `text` as a ClickHouse string literal: quoted, with backslash, quote and control characters
+/// escaped, so no value can end the literal early.
+pub fn quote(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() + 2);
+    out.push('\'');
+    for c in text.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\'' => out.push_str("\\'"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            '\0' => out.push_str("\\0"),
+            c if c.is_ascii_control() => out.push_str(&format!("\\x{:02X}", u32::from(c))),
+            c => out.push(c),
+        }
+    }
+    out.push('\'');
+    out
+}
+
+pub struct ClickHouseAnalytics {
+    client: reqwest::Client,
+    /// The server's HTTP endpoint, without credentials.
+    endpoint: Url,
+    auth: Option<(String, Option<String>)>,
+    /// `` `db`.events ``
+    table: String,
+}
+
+impl ClickHouseAnalytics {
+    /// Connects to `url` (`http(s)://[user:pass@]host:port/?database=NAME[&setting=value…]`) and
+    /// creates the database and table when missing.
+    pub async fn open(url: &str) -> anyhow::Result<ClickHouseAnalytics> {
+        let parsed = Url::parse(url).context("invalid ClickHouse analytics URL")?;
+        anyhow::ensure!(
+            matches!(parsed.scheme(), "http" | "https"),
+            "ClickHouse analytics URL must be http:// or https://"
+        );
+        let mut database = DEFAULT_DATABASE.to_owned();
+        let mut passthrough = Vec::new();
+        for (key, value) in parsed.query_pairs() {
+            if key == "database" {
+                database = value.into_owned();
+            } else {
+                passthrough.push((key.into_owned(), value.into_owned()));
+            }
+        }
+        anyhow::ensure!(
+            !database.is_empty()
+                && database.len() <= 64
+                && database
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_')
+                && !database.as_bytes()[0].is_ascii_digit(),
+            "ClickHouse database name must be letters, digits and `_`"
+        );
+        let auth = (!parsed.username().is_empty()).then(|| {
+            (
+                parsed.username().to_owned(),
+                parsed.password().map(str::to_owned),
+            )
+        });
+        let mut endpoint = parsed.clone();
+        endpoint.set_query(None);
+        endpoint
+            .set_username("")
+            .and_then(|()| endpoint.set_password(None))
+            .map_err(|()| anyhow::anyhow!("ClickHouse analytics URL needs a host"))?;
+        if !passthrough.is_empty() {
+            endpoint.query_pairs_mut().extend_pairs(passthrough);
+        }
+        let client = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .timeout(Duration::from_secs(60))
+            .build()?;
+        let store = ClickHouseAnalytics {
+            client,
+            endpoint,
+            auth,
+            table: format!("`{database}`.events"),
+        };
+        store
+            .execute(format!("CREATE DATABASE IF NOT EXISTS `{database}`"))
+            .await
+            .with_context(|| format!("cannot create ClickHouse database {database}"))?;
+        store.execute(create_table(&store.table)).await?;
+        Ok(store)
+    }
+
+    /// Sends `body` (a statement, or an INSERT followed by its rows) and returns the response text;
+    /// ClickHouse's own message on failure.
+    async fn send(&self, body: String) -> anyhow::Result<String> {
+        let mut request = self.client.post(self.endpoint.clone()).body(body);
+        if let Some((user, password)) = &self.auth {
+            request = request.basic_auth(user, password.as_deref());
+        }
+        let response = request.send().await.context("ClickHouse unreachable")?;
+        let status = response.status();
+        let text = response.text().await?;
+        anyhow::ensure!(
+            status.is_success(),
+            "ClickHouse answered {status}: {}",
+            text.trim()
+        );
+        Ok(text)
+    }
+
+    async fn execute(&self, sql: String) -> anyhow::Result<()> {
+        self.send(sql).await.map(drop)
+    }
+
+    /// Runs a SELECT and reads its rows (`FORMAT JSONEachRow` is appended).
+    async fn rows<T: DeserializeOwned>(&self, sql: String) -> anyhow::Result<Vec<T>> {
+        let text = self.send(format!("{sql}\nFORMAT JSONEachRow")).await?;
+        text.lines()
+            .filter(|line| !line.trim().is_empty())
+            .map(|line| {
+                serde_json::from_str(line)
+                    .with_context(|| format!("unexpected ClickHouse row {line}"))
+            })
+            .collect()
+    }
+
+    async fn one<T: DeserializeOwned>(&self, sql: String) -> anyhow::Result<T> {
+        self.rows(sql)
+            .await?
+            .into_iter()
+            .next()
+            .context("ClickHouse returned no row")
+    }
+}
+
+fn millis(t: Timestamp) -> i64 {
+    t.as_datetime().timestamp_millis()
+}
+
+fn from_millis(ms: i64) -> Timestamp {
+    Timestamp::from(chrono::DateTime::from_timestamp_millis(ms).unwrap_or_default())
+}
+
+/// The whole seconds of `ms`, within DateTime's range.
+fn seconds(ms: i64) -> i64 {
+    ms.div_euclid(1000).clamp(0, i64::from(u32::MAX))
+}
+
+/// `site_id = … AND time in [from, to) AND bot = 0` plus the filters.
+fn where_clause(query: &Query, from: Timestamp, to: Timestamp) -> String {
+    let (from, to) = (millis(from), millis(to));
+    let mut sql = format!(
+        "site_id = {} AND ts >= toDateTime({}) AND ts <= toDateTime({}) \
+         AND time_ms >= {from} AND time_ms < {to} AND bot = 0",
+        quote(&query.site_id.uuid().to_string()),
+        seconds(from),
+        seconds(to),
+    );
+    for filter in &query.filters {
+        let column = column_sql(&filter.dimension);
+        let value = quote(&filter.value);
+        // `ifNull(…, 0)`: a missing value never matches `is` or `contains`, and always matches
+        // `is_not` (SQLite's `IS NOT`); 18.16 has no three-valued OR to lean on.
+        sql.push_str(&match filter.op {
+            FilterOp::Is => format!(" AND ifNull({column} = {value}, 0) = 1"),
+            FilterOp::IsNot => format!(" AND ifNull({column} = {value}, 0) = 0"),
+            // SQLite's LIKE is ASCII case-insensitive; so is this, without LIKE's wildcards.
+            FilterOp::Contains => {
+                format!(" AND ifNull(positionCaseInsensitive({column}, {value}) > 0, 0) = 1")
+            }
+        });
+    }
+    sql
+}
+
+/// The SQL for a dimension: a whitelisted column, or a parameter's text (NULL when absent).
+fn column_sql(dimension: &Dimension) -> String {
+    match dimension {
+        Dimension::Column(column) => (*column).to_owned(),
+        Dimension::Param(name) => {
+            let name = quote(name);
+            format!("if(has(param_keys, {name}), param_values[indexOf(param_keys, {name})], NULL)")
+        }
+    }
+}
+
+/// A parameter's text as SQLite's `CAST(json_extract(params, '$.name') AS TEXT)` gives it:
+/// strings as-is, numbers as written, booleans as 1/0, objects and arrays as JSON; JSON null is
+/// absent.
+fn param_text(value: &serde_json::Value) -> Option<String> {
+    use serde_json::Value;
+    match value {
+        Value::Null => None,
+        Value::Bool(b) => Some(if *b { "1" } else { "0" }.to_owned()),
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        other => Some(other.to_string()),
+    }
+}
+
+#[derive(Serialize)]
+struct InsertRow<'a> {
+    hit_id: String,
+    site_id: String,
+    workspace_id: String,
+    time_ms: i64,
+    event_name: &'a str,
+    visitor: &'a str,
+    session: &'a str,
+    engaged: u8,
+    page_host: &'a Option<String>,
+    page_path: &'a Option<String>,
+    page_title: &'a Option<String>,
+    referrer_host: &'a Option<String>,
+    source: &'a Option<String>,
+    medium: &'a Option<String>,
+    campaign: &'a Option<String>,
+    term: &'a Option<String>,
+    content: &'a Option<String>,
+    channel: &'a Option<String>,
+    country: &'a Option<String>,
+    region: &'a Option<String>,
+    city: &'a Option<String>,
+    device: &'a Option<String>,
+    browser: &'a Option<String>,
+    os: &'a Option<String>,
+    value: Option<f64>,
+    currency: &'a Option<String>,
+    params: String,
+    param_keys: Vec<&'a str>,
+    param_values: Vec<String>,
+    bot: u8,
+}
+
+impl<'a> InsertRow<'a> {
+    fn new(e: &'a AnalyticsEvent) -> Self {
+        let (param_keys, param_values) = match &e.params {
+            serde_json::Value::Object(map) => map
+                .iter()
+                .filter_map(|(k, v)| Some((k.as_str(), param_text(v)?)))
+                .unzip(),
+            _ => (Vec::new(), Vec::new()),
+        };
+        InsertRow {
+            hit_id: e.hit_id.uuid().to_string(),
+            site_id: e.site_id.uuid().to_string(),
+            workspace_id: e.workspace_id.uuid().to_string(),
+            time_ms: millis(e.time),
+            event_name: &e.event_name,
+            visitor: &e.visitor,
+            session: &e.session,
+            engaged: u8::from(e.engaged),
+            page_host: &e.page_host,
+            page_path: &e.page_path,
+            page_title: &e.page_title,
+            referrer_host: &e.referrer_host,
+            source: &e.source,
+            medium: &e.medium,
+            campaign: &e.campaign,
+            term: &e.term,
+            content: &e.content,
+            channel: &e.channel,
+            country: &e.country,
+            region: &e.region,
+            city: &e.city,
+            device: &e.device,
+            browser: &e.browser,
+            os: &e.os,
+            // JSON has no NaN or infinity; ClickHouse would reject them anyway.
+            value: e.value.filter(|v| v.is_finite()),
+            currency: &e.currency,
+            params: e.params.to_string(),
+            param_keys,
+            param_values,
+            bot: u8::from(e.bot),
+        }
+    }
+}
+
+/// A 64-bit integer from ClickHouse JSON, which quotes them (`"42"`) by default.
+fn int<'de, D: Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Int {
+        Number(i64),
+        Text(String),
+    }
+    match Int::deserialize(d)? {
+        Int::Number(n) => Ok(n),
+        Int::Text(text) => text.parse().map_err(serde::de::Error::custom),
+    }
+}
+
+#[derive(Deserialize)]
+struct Totals {
+    #[serde(deserialize_with = "int")]
+    visitors: i64,
+    #[serde(deserialize_with = "int")]
+    sessions: i64,
+    #[serde(deserialize_with = "int")]
+    pageviews: i64,
+    #[serde(deserialize_with = "int")]
+    events: i64,
+}
+
+/// Averages over sessions; `null` (NaN) when there are none.
+#[derive(Deserialize)]
+struct SessionStats {
+    bounce_rate: Option<f64>,
+    avg_session_seconds: Option<f64>,
+}
+
+#[derive(Deserialize)]
+struct Bucket {
+    #[serde(deserialize_with = "int")]
+    bucket: i64,
+    #[serde(flatten)]
+    totals: Totals,
+}
+
+#[derive(Deserialize)]
+struct BreakdownLine {
+    dim: Option<String>,
+    #[serde(deserialize_with = "int")]
+    visitors: i64,
+    #[serde(deserialize_with = "int")]
+    events: i64,
+}
+
+#[derive(Deserialize)]
+struct SessionLine {
+    session: String,
+    #[serde(deserialize_with = "int")]
+    time_ms: i64,
+}
+
+#[derive(Deserialize)]
+struct EventRow {
+    hit_id: uuid::Uuid,
+    site_id: uuid::Uuid,
+    workspace_id: uuid::Uuid,
+    #[serde(deserialize_with = "int")]
+    time_ms: i64,
+    event_name: String,
+    visitor: String,
+    session: String,
+    engaged: u8,
+    page_host: Option<String>,
+    page_path: Option<String>,
+    page_title: Option<String>,
+    referrer_host: Option<String>,
+    source: Option<String>,
+    medium: Option<String>,
+    campaign: Option<String>,
+    term: Option<String>,
+    content: Option<String>,
+    channel: Option<String>,
+    country: Option<String>,
+    region: Option<String>,
+    city: Option<String>,
+    device: Option<String>,
+    browser: Option<String>,
+    os: Option<String>,
+    value: Option<f64>,
+    currency: Option<String>,
+    params: String,
+    bot: u8,
+}
+
+impl From<EventRow> for AnalyticsEvent {
+    fn from(r: EventRow) -> Self {
+        AnalyticsEvent {
+            hit_id: HitId(r.hit_id),
+            site_id: SiteId(r.site_id),
+            workspace_id: platform::id::WorkspaceId(r.workspace_id),
+            time: from_millis(r.time_ms),
+            event_name: r.event_name,
+            visitor: r.visitor,
+            session: r.session,
+            engaged: r.engaged != 0,
+            page_host: r.page_host,
+            page_path: r.page_path,
+            page_title: r.page_title,
+            referrer_host: r.referrer_host,
+            source: r.source,
+            medium: r.medium,
+            campaign: r.campaign,
+            term: r.term,
+            content: r.content,
+            channel: r.channel,
+            country: r.country,
+            region: r.region,
+            city: r.city,
+            device: r.device,
+            browser: r.browser,
+            os: r.os,
+            value: r.value,
+            currency: r.currency,
+            params: serde_json::from_str(&r.params).unwrap_or_default(),
+            bot: r.bot != 0,
+        }
+    }
+}
+
+/// The four headline counts, exact whether or not duplicates have been merged away.
+const TOTALS: &str = "uniqExact(visitor) AS visitors, uniqExact(session) AS sessions, \
+    uniqExactIf(hit_id, event_name = 'page_view') AS pageviews, uniqExact(hit_id) AS events";
+
+impl AnalyticsStore for ClickHouseAnalytics {
+    fn insert<'a>(&'a self, events: &'a [AnalyticsEvent]) -> BoxFuture<'a, anyhow::Result<()>> {
+        async move {
+            for chunk in events.chunks(ROWS_PER_INSERT) {
+                let mut body = format!(
+                    "INSERT INTO {} ({INSERT_COLUMNS}) FORMAT JSONEachRow\n",
+                    self.table
+                );
+                for event in chunk {
+                    body.push_str(&serde_json::to_string(&InsertRow::new(event))?);
+                    body.push('\n');
+                }
+                self.execute(body).await?;
+            }
+            Ok(())
+        }
+        .boxed()
+    }
+
+    fn last_session<'a>(
+        &'a self,
+        site: SiteId,
+        visitor: &'a str,
+        before: Timestamp,
+    ) -> BoxFuture<'a, anyhow::Result<Option<(String, Timestamp)>>> {
+        async move {
+            let before = millis(before);
+            let rows: Vec<SessionLine> = self
+                .rows(format!(
+                    "SELECT session, time_ms FROM {} WHERE site_id = {} AND visitor = {} \
+                     AND ts <= toDateTime({}) AND time_ms <= {before} \
+                     ORDER BY time_ms DESC LIMIT 1",
+                    self.table,
+                    quote(&site.uuid().to_string()),
+                    quote(visitor),
+                    seconds(before),
+                ))
+                .await?;
+            Ok(rows
+                .into_iter()
+                .next()
+                .map(|r| (r.session, from_millis(r.time_ms))))
+        }
+        .boxed()
+    }
+
+    fn summary<'a>(&'a self, query: &'a Query) -> BoxFuture<'a, anyhow::Result<Summary>> {
+        async move {
+            let filter = where_clause(query, query.from, query.to);
+            let totals: Totals = self
+                .one(format!(
+                    "SELECT {TOTALS} FROM {} WHERE {filter}",
+                    self.table
+                ))
+                .await?;
+            let sessions: SessionStats = self
+                .one(format!(
+                    "SELECT avg(pv <= 1 AND eng = 0) AS bounce_rate, avg(dur) AS avg_session_seconds
+                     FROM (SELECT uniqExactIf(hit_id, event_name = 'page_view') AS pv,
+                                  max(engaged) AS eng, (max(time_ms) - min(time_ms)) / 1000 AS dur
+                           FROM {} WHERE {filter} GROUP BY session)",
+                    self.table
+                ))
+                .await?;
+            Ok(Summary {
+                visitors: totals.visitors,
+                sessions: totals.sessions,
+                pageviews: totals.pageviews,
+                events: totals.events,
+                bounce_rate: sessions
+                    .bounce_rate
+                    .filter(|v| v.is_finite())
+                    .unwrap_or(0.0),
+                avg_session_seconds: sessions
+                    .avg_session_seconds
+                    .filter(|v| v.is_finite())
+                    .unwrap_or(0.0),
+            })
+        }
+        .boxed()
+    }
+
+    fn timeseries<'a>(
+        &'a self,
+        query: &'a Query,
+        buckets: &'a [(Timestamp, Timestamp)],
+    ) -> BoxFuture<'a, anyhow::Result<Vec<TimeseriesPoint>>> {
+        async move {
+            // Each bucket is its own indexed range (a calendar unit of the site's zone, computed
+            // by the caller), so distinct counts stay exact; a request carries many of them.
+            let mut points = Vec::with_capacity(buckets.len());
+            for (chunk_index, chunk) in buckets.chunks(BUCKETS_PER_QUERY).enumerate() {
+                let offset = chunk_index * BUCKETS_PER_QUERY;
+                let selects: Vec<String> = chunk
+                    .iter()
+                    .enumerate()
+                    .map(|(i, (start, end))| {
+                        let filter =
+                            where_clause(query, (*start).max(query.from), (*end).min(query.to));
+                        format!(
+                            "SELECT {} AS bucket, {TOTALS} FROM {} WHERE {filter}",
+                            offset + i,
+                            self.table
+                        )
+                    })
+                    .collect();
+                let mut rows: Vec<Bucket> = self
+                    .rows(format!("SELECT * FROM ({})", selects.join(" UNION ALL ")))
+                    .await?;
+                rows.sort_by_key(|r| r.bucket);
+                anyhow::ensure!(rows.len() == chunk.len(), "ClickHouse lost a bucket");
+                for (row, (start, _)) in rows.into_iter().zip(chunk) {
+                    points.push(TimeseriesPoint {
+                        start: *start,
+                        visitors: row.totals.visitors,
+                        sessions: row.totals.sessions,
+                        pageviews: row.totals.pageviews,
+                        events: row.totals.events,
+                    });
+                }
+            }
+            Ok(points)
+        }
+        .boxed()
+    }
+
+    fn breakdown<'a>(
+        &'a self,
+        query: &'a Query,
+        dimension: &'a Dimension,
+        limit: u32,
+    ) -> BoxFuture<'a, anyhow::Result<Vec<BreakdownRow>>> {
+        async move {
+            let filter = where_clause(query, query.from, query.to);
+            let column = column_sql(dimension);
+            // `dim`, not `value`: an alias must not shadow the `value` column. NULL sorts first,
+            // as in SQLite.
+            let rows: Vec<BreakdownLine> = self
+                .rows(format!(
+                    "SELECT {column} AS dim, uniqExact(visitor) AS visitors,
+                            uniqExact(hit_id) AS events
+                     FROM {} WHERE {filter} GROUP BY dim
+                     ORDER BY visitors DESC, events DESC, isNotNull(dim), dim LIMIT {limit}",
+                    self.table
+                ))
+                .await?;
+            Ok(rows
+                .into_iter()
+                .map(|r| BreakdownRow {
+                    value: r.dim,
+                    visitors: r.visitors,
+                    events: r.events,
+                })
+                .collect())
+        }
+        .boxed()
+    }
+
+    fn events<'a>(
+        &'a self,
+        query: &'a Query,
+        before: Option<HitId>,
+        limit: u32,
+    ) -> BoxFuture<'a, anyhow::Result<Vec<AnalyticsEvent>>> {
+        async move {
+            let mut filter = where_clause(query, query.from, query.to);
+            if let Some(before) = before {
+                // Hyphenated lowercase hex sorts as the UUID's bytes do, like SQLite's BLOBs.
+                filter.push_str(&format!(
+                    " AND hit_id < {}",
+                    quote(&before.uuid().to_string())
+                ));
+            }
+            let rows: Vec<EventRow> = self
+                .rows(format!(
+                    "SELECT {READ_COLUMNS} FROM {} WHERE {filter}
+                     ORDER BY hit_id DESC LIMIT 1 BY hit_id LIMIT {limit}",
+                    self.table
+                ))
+                .await?;
+            Ok(rows.into_iter().map(AnalyticsEvent::from).collect())
+        }
+        .boxed()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quote_escapes_everything_that_could_end_a_literal() {
+        assert_eq!(quote("GB"), "'GB'");
+        assert_eq!(quote(""), "''");
+        assert_eq!(quote("it's"), r"'it\'s'");
+        assert_eq!(quote(r"a\b"), r"'a\\b'");
+        assert_eq!(quote(r"\'"), r"'\\\''");
+        assert_eq!(quote("' OR 1=1 --"), r"'\' OR 1=1 --'");
+        assert_eq!(quote("a\nb\r\tc\0"), r"'a\nb\r\tc\0'");
+        assert_eq!(quote("\u{1b}"), r"'\x1B'");
+        assert_eq!(quote("zürich ✓"), "'zürich ✓'");
+    }
+
+    #[test]
+    fn parameters_are_stored_as_sqlite_would_cast_them() {
+        use serde_json::json;
+        assert_eq!(param_text(&json!("WINTER")).as_deref(), Some("WINTER"));
+        assert_eq!(param_text(&json!(42.5)).as_deref(), Some("42.5"));
+        assert_eq!(param_text(&json!(7)).as_deref(), Some("7"));
+        assert_eq!(param_text(&json!(true)).as_deref(), Some("1"));
+        assert_eq!(param_text(&json!([1, "a"])).as_deref(), Some(r#"[1,"a"]"#));
+        assert_eq!(param_text(&json!(null)), None);
+    }
+
+    #[test]
+    fn filters_become_quoted_null_aware_conditions() {
+        let site = SiteId::new();
+        let query = Query {
+            site_id: site,
+            from: from_millis(1_700_000_000_123),
+            to: from_millis(1_700_000_100_000),
+            filters: vec![
+                super::super::Filter::parse("country:is_not:G'B").unwrap(),
+                super::super::Filter::parse("param:plan:contains:pro").unwrap(),
+            ],
+        };
+        let sql = where_clause(&query, query.from, query.to);
+        assert!(
+            sql.starts_with(&format!("site_id = '{}'", site.uuid())),
+            "{sql}"
+        );
+        assert!(sql.contains("ts >= toDateTime(1700000000)"), "{sql}");
+        assert!(
+            sql.contains("time_ms >= 1700000000123 AND time_ms < 1700000100000"),
+            "{sql}"
+        );
+        assert!(sql.contains(r"ifNull(country = 'G\'B', 0) = 0"), "{sql}");
+        assert!(
+            sql.contains("positionCaseInsensitive(if(has(param_keys, 'plan'), param_values[indexOf(param_keys, 'plan')], NULL), 'pro')"),
+            "{sql}"
+        );
+    }
+
+    #[test]
+    fn sixty_four_bit_integers_parse_quoted_or_not() {
+        let t: SessionLine = serde_json::from_str(r#"{"session":"s","time_ms":"42"}"#).unwrap();
+        assert_eq!(t.time_ms, 42);
+        let t: SessionLine = serde_json::from_str(r#"{"session":"s","time_ms":42}"#).unwrap();
+        assert_eq!(t.time_ms, 42);
+    }
+}
