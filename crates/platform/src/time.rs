@@ -30,6 +30,16 @@ impl Timestamp {
         self.0
     }
 
+    /// Milliseconds since the Unix epoch (analytics stores keep integer times).
+    pub fn as_millis(&self) -> i64 {
+        self.0.timestamp_millis()
+    }
+
+    /// The instant `ms` milliseconds after the Unix epoch (the epoch itself when out of range).
+    pub fn from_millis(ms: i64) -> Self {
+        Self::from(DateTime::from_timestamp_millis(ms).unwrap_or_default())
+    }
+
     pub fn to_rfc3339(&self) -> String {
         self.0.to_rfc3339_opts(SecondsFormat::Micros, true)
     }

@@ -227,14 +227,6 @@ impl ClickHouseAnalytics {
     }
 }
 
-fn millis(t: Timestamp) -> i64 {
-    t.as_datetime().timestamp_millis()
-}
-
-fn from_millis(ms: i64) -> Timestamp {
-    Timestamp::from(chrono::DateTime::from_timestamp_millis(ms).unwrap_or_default())
-}
-
 /// The whole seconds of `ms`, within DateTime's range.
 fn seconds(ms: i64) -> i64 {
     ms.div_euclid(1000).clamp(0, i64::from(u32::MAX))
@@ -242,7 +234,7 @@ fn seconds(ms: i64) -> i64 {
 
 /// `site_id = … AND time in [from, to) AND bot = 0` plus the filters.
 fn where_clause(query: &Query, from: Timestamp, to: Timestamp) -> String {
-    let (from, to) = (millis(from), millis(to));
+    let (from, to) = (from.as_millis(), to.as_millis());
     let mut sql = format!(
         "site_id = {} AND ts >= toDateTime({}) AND ts <= toDateTime({}) \
          AND time_ms >= {from} AND time_ms < {to} AND bot = 0",
@@ -339,7 +331,7 @@ impl<'a> InsertRow<'a> {
             hit_id: e.hit_id.uuid().to_string(),
             site_id: e.site_id.uuid().to_string(),
             workspace_id: e.workspace_id.uuid().to_string(),
-            time_ms: millis(e.time),
+            time_ms: e.time.as_millis(),
             event_name: &e.event_name,
             visitor: &e.visitor,
             session: &e.session,
@@ -467,7 +459,7 @@ impl From<EventRow> for AnalyticsEvent {
             hit_id: HitId(r.hit_id),
             site_id: SiteId(r.site_id),
             workspace_id: platform::id::WorkspaceId(r.workspace_id),
-            time: from_millis(r.time_ms),
+            time: Timestamp::from_millis(r.time_ms),
             event_name: r.event_name,
             visitor: r.visitor,
             session: r.session,
@@ -526,7 +518,7 @@ impl AnalyticsStore for ClickHouseAnalytics {
         before: Timestamp,
     ) -> BoxFuture<'a, anyhow::Result<Option<(String, Timestamp)>>> {
         async move {
-            let before = millis(before);
+            let before = before.as_millis();
             let rows: Vec<SessionLine> = self
                 .rows(format!(
                     "SELECT session, time_ms FROM {} WHERE site_id = {} AND visitor = {} \
@@ -541,7 +533,7 @@ impl AnalyticsStore for ClickHouseAnalytics {
             Ok(rows
                 .into_iter()
                 .next()
-                .map(|r| (r.session, from_millis(r.time_ms))))
+                .map(|r| (r.session, Timestamp::from_millis(r.time_ms))))
         }
         .boxed()
     }
@@ -719,8 +711,8 @@ mod tests {
         let site = SiteId::new();
         let query = Query {
             site_id: site,
-            from: from_millis(1_700_000_000_123),
-            to: from_millis(1_700_000_100_000),
+            from: Timestamp::from_millis(1_700_000_000_123),
+            to: Timestamp::from_millis(1_700_000_100_000),
             filters: vec![
                 super::super::Filter::parse("country:is_not:G'B").unwrap(),
                 super::super::Filter::parse("param:plan:contains:pro").unwrap(),

@@ -80,14 +80,6 @@ impl SqliteAnalytics {
     }
 }
 
-fn millis(t: Timestamp) -> i64 {
-    t.as_datetime().timestamp_millis()
-}
-
-fn from_millis(ms: i64) -> Timestamp {
-    Timestamp::from(chrono::DateTime::from_timestamp_millis(ms).unwrap_or_default())
-}
-
 /// `site_id = ? AND ts >= ? AND ts < ? AND bot = 0` plus the filters, with their arguments.
 fn where_clause(
     query: &Query,
@@ -96,8 +88,8 @@ fn where_clause(
 ) -> anyhow::Result<(String, SqliteArguments)> {
     let mut args = SqliteArguments::default();
     args.add(query.site_id).map_err(anyhow::Error::msg)?;
-    args.add(millis(from)).map_err(anyhow::Error::msg)?;
-    args.add(millis(to)).map_err(anyhow::Error::msg)?;
+    args.add(from.as_millis()).map_err(anyhow::Error::msg)?;
+    args.add(to.as_millis()).map_err(anyhow::Error::msg)?;
     let mut sql = String::from("site_id = ?1 AND ts >= ?2 AND ts < ?3 AND bot = 0");
     let mut n = 3;
     for filter in &query.filters {
@@ -156,7 +148,7 @@ impl AnalyticsStore for SqliteAnalytics {
                 let mut query = sqlx::query(AssertSqlSafe(sql));
                 for e in chunk {
                     query = query
-                        .bind(e.hit_id).bind(e.site_id).bind(e.workspace_id).bind(millis(e.time))
+                        .bind(e.hit_id).bind(e.site_id).bind(e.workspace_id).bind(e.time.as_millis())
                         .bind(&e.event_name).bind(&e.visitor).bind(&e.session).bind(e.engaged)
                         .bind(&e.page_host).bind(&e.page_path).bind(&e.page_title).bind(&e.referrer_host)
                         .bind(&e.source).bind(&e.medium).bind(&e.campaign).bind(&e.term).bind(&e.content)
@@ -185,10 +177,10 @@ impl AnalyticsStore for SqliteAnalytics {
             )
             .bind(site)
             .bind(visitor)
-            .bind(millis(before))
+            .bind(before.as_millis())
             .fetch_optional(&self.pool)
             .await?;
-            Ok(row.map(|(session, ts)| (session, from_millis(ts))))
+            Ok(row.map(|(session, ts)| (session, Timestamp::from_millis(ts))))
         }
         .boxed()
     }
@@ -330,7 +322,7 @@ fn row_to_event(r: &SqliteRow) -> anyhow::Result<AnalyticsEvent> {
         hit_id: r.try_get("hit_id")?,
         site_id: r.try_get("site_id")?,
         workspace_id: r.try_get("workspace_id")?,
-        time: from_millis(r.try_get("ts")?),
+        time: Timestamp::from_millis(r.try_get("ts")?),
         event_name: r.try_get("event_name")?,
         visitor: r.try_get("visitor")?,
         session: r.try_get("session")?,

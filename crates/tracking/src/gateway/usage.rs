@@ -24,10 +24,15 @@ pub struct Usage {
 }
 
 impl Usage {
-    fn add(&self, site: SiteId, workspace: WorkspaceId, metric: String, n: i64) {
+    /// Adds `counts` for today under one clock read and one lock (this is on the request path).
+    fn add(&self, site: SiteId, workspace: WorkspaceId, counts: &[(&str, i64)]) {
         let day = chrono::Utc::now().date_naive().to_string();
         let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-        *pending.entry((site, workspace, day, metric)).or_default() += n;
+        for (metric, n) in counts {
+            *pending
+                .entry((site, workspace, day.clone(), (*metric).to_owned()))
+                .or_default() += n;
+        }
     }
 
     pub fn accepted(&self, site: SiteId, workspace: WorkspaceId, events: usize) {
@@ -35,8 +40,11 @@ impl Usage {
         metrics::counter!("tracking_requests_total", "site" => label.clone(), "outcome" => "accepted")
             .increment(1);
         metrics::counter!("tracking_events_total", "site" => label).increment(events as u64);
-        self.add(site, workspace, "accepted_requests".into(), 1);
-        self.add(site, workspace, "accepted_events".into(), events as i64);
+        self.add(
+            site,
+            workspace,
+            &[("accepted_requests", 1), ("accepted_events", events as i64)],
+        );
     }
 
     /// A refused request; `site` is known for most reasons, not for an unknown host.
@@ -45,7 +53,7 @@ impl Usage {
         metrics::counter!("tracking_requests_total", "site" => label, "outcome" => "rejected", "reason" => reason.to_owned())
             .increment(1);
         if let Some((site, workspace)) = site {
-            self.add(site, workspace, format!("rejected.{reason}"), 1);
+            self.add(site, workspace, &[(&format!("rejected.{reason}"), 1)]);
         }
     }
 
