@@ -75,9 +75,13 @@ pub fn load_config(file: Option<&Path>, overrides: Figment) -> anyhow::Result<Co
 /// Opens the state database and runs every migration.
 pub async fn open_database(config: &Config) -> anyhow::Result<Db> {
     let db = Db::connect(&config.state_database_url()).await?;
-    db.migrate(&[&platform::MIGRATIONS, &tracking::MIGRATIONS])
-        .await
-        .context("database migration failed")?;
+    db.migrate(&[
+        &platform::MIGRATIONS,
+        &tracking::MIGRATIONS,
+        &crm::MIGRATIONS,
+    ])
+    .await
+    .context("database migration failed")?;
     Ok(db)
 }
 

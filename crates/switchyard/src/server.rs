@@ -42,6 +42,12 @@ const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
         (name = "sites", description = "Tracking sites: hostnames, ids, keys, loader, usage"),
         (name = "destinations", description = "Forwarding: tagging server, GA4, signed HTTP"),
         (name = "analytics", description = "Dashboards: summary, timeseries, breakdowns, realtime, raw events"),
+        (name = "crm", description = "CRM settings and custom field definitions"),
+        (name = "contacts", description = "Contacts: identity resolution, merges, tags, timeline"),
+        (name = "companies", description = "Companies"),
+        (name = "deals", description = "Pipelines, stages, deals, board"),
+        (name = "activities", description = "Notes and tasks"),
+        (name = "imports", description = "CSV import and export of contacts"),
     )
 )]
 struct ApiDoc;
@@ -54,6 +60,7 @@ fn api_routes() -> OpenApiRouter<AppState> {
         .merge(tracking::sites::routes::routes())
         .merge(tracking::analytics::routes::routes())
         .merge(tracking::forward::routes::routes())
+        .merge(crm::routes())
 }
 
 /// The OpenAPI document, as served at `/api/openapi.json`.

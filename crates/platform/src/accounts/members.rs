@@ -28,6 +28,19 @@ use crate::{with_db, with_tx};
 
 const INVITE_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 
+/// Is `user_id` a member of the workspace? For features that assign work to people (owners,
+/// assignees) without reading the membership table themselves.
+pub async fn is_member(
+    tx: &mut Tx,
+    workspace_id: WorkspaceId,
+    user_id: UserId,
+) -> Result<bool, sqlx::Error> {
+    let found: Option<i32> = with_tx!(tx, conn => sqlx::query_scalar(
+        "SELECT 1 FROM memberships WHERE workspace_id = $1 AND user_id = $2",
+    ).bind(workspace_id).bind(user_id).fetch_optional(conn).await)?;
+    Ok(found.is_some())
+}
+
 pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(list_members))

@@ -4,13 +4,17 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod accounts;
+mod activities;
 mod analytics;
 mod cli;
 mod collect;
+mod contacts;
 mod conventions;
 mod crash;
+mod deals;
 mod demo;
 mod forward;
+mod imports;
 mod loader;
 mod segment_client;
 mod sites;

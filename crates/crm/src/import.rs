@@ -1,0 +1,8 @@
+//! (being written)
+
+use platform::AppState;
+use utoipa_axum::router::OpenApiRouter;
+
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+}
