@@ -163,3 +163,21 @@ pub const IDENTIFIER_KINDS: [&str; 5] = [
 
 /// Identifiers by kind, normalized.
 pub type Identifiers = BTreeMap<&'static str, Vec<String>>;
+
+/// Filters of the contact list and export: all given ones must match.
+#[derive(Debug, Clone, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct ContactFilter {
+    /// Text search over name, emails, phones and company name (case-insensitive substring).
+    pub q: Option<String>,
+    /// Has this tag.
+    pub tag: Option<String>,
+    pub lifecycle_stage: Option<LifecycleStage>,
+    pub owner_id: Option<UserId>,
+    pub company_id: Option<CompanyId>,
+    /// Holds this email (normalized before matching).
+    pub email: Option<String>,
+    /// Holds this phone (normalized with the workspace's region before matching).
+    pub phone: Option<String>,
+}

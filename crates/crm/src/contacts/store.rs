@@ -40,3 +40,14 @@ pub async fn upsert(tx: &mut Tx, scope: &Scope, input: &ContactInput) -> ApiResu
     let _ = (tx, scope, input);
     Err(contact_not_found())
 }
+
+/// Contacts matching `filter`, newest first, one page.
+pub async fn list(
+    db: &Db,
+    scope: &Scope,
+    filter: &super::ContactFilter,
+    page: &platform::http::PageParams,
+) -> ApiResult<platform::http::Page<Contact>> {
+    let _ = (db, scope, filter, page);
+    Err(contact_not_found())
+}
