@@ -357,10 +357,16 @@ pub async fn apply(
             result.insert(key.clone(), check_value(def, &field, value, &region)?);
         }
     }
-    if let Some(missing) = defs
-        .iter()
-        .find(|d| d.required && !result.contains_key(&d.key))
-    {
+    // Required: present when creating; never cleared later (objects created before the field
+    // became required are not blocked from other changes).
+    let missing = |d: &&FieldDefinition| {
+        d.required
+            && match existing {
+                None => !result.contains_key(&d.key),
+                Some(_) => changes.get(&d.key).is_some_and(Value::is_null),
+            }
+    };
+    if let Some(missing) = defs.iter().find(missing) {
         let field = format!("custom.{}", missing.key);
         return Err(ApiError::invalid_field(
             &field,

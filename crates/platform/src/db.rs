@@ -46,6 +46,47 @@ macro_rules! with_tx {
     };
 }
 
+/// Runs `$body` with `$c` bound to the connection behind a [`Conn`] (`&mut SqliteConnection` or
+/// `&mut PgConnection`): for reads that run both inside a transaction and on their own.
+#[macro_export]
+macro_rules! with_conn {
+    ($conn:expr, $c:ident => $body:expr) => {
+        match $conn {
+            $crate::db::Conn::Sqlite(inner) => {
+                let $c = &mut **inner;
+                $body
+            }
+            $crate::db::Conn::Postgres(inner) => {
+                let $c = &mut **inner;
+                $body
+            }
+        }
+    };
+}
+
+/// A borrowed connection of either backend: a transaction's ([`Tx::conn`]) or a pooled one
+/// ([`Pooled::conn`]). Functions that must read both inside and outside a write transaction
+/// take `&mut Conn` and use [`with_conn!`].
+pub enum Conn<'a> {
+    Sqlite(&'a mut sqlx::SqliteConnection),
+    Postgres(&'a mut sqlx::PgConnection),
+}
+
+/// A connection held from the pool (no transaction), see [`Db::acquire`].
+pub enum Pooled {
+    Sqlite(sqlx::pool::PoolConnection<Sqlite>),
+    Postgres(sqlx::pool::PoolConnection<Postgres>),
+}
+
+impl Pooled {
+    pub fn conn(&mut self) -> Conn<'_> {
+        match self {
+            Pooled::Sqlite(c) => Conn::Sqlite(&mut **c),
+            Pooled::Postgres(c) => Conn::Postgres(&mut **c),
+        }
+    }
+}
+
 /// Which SQL dialect a pool speaks, for the few statements that differ.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Dialect {
@@ -151,6 +192,14 @@ impl Db {
         Ok(())
     }
 
+    /// Holds one pooled connection, for several reads through [`Conn`].
+    pub async fn acquire(&self) -> Result<Pooled, sqlx::Error> {
+        Ok(match self {
+            Db::Sqlite(pool) => Pooled::Sqlite(pool.acquire().await?),
+            Db::Postgres(pool) => Pooled::Postgres(pool.acquire().await?),
+        })
+    }
+
     /// Cheap round trip, for readiness checks.
     pub async fn ping(&self) -> Result<(), sqlx::Error> {
         with_db!(self, pool => sqlx::query("SELECT 1").execute(pool).await.map(|_| ()))
@@ -170,6 +219,14 @@ impl Tx {
         match self {
             Tx::Sqlite(_) => Dialect::Sqlite,
             Tx::Postgres(_) => Dialect::Postgres,
+        }
+    }
+
+    /// The transaction's connection, for functions that take a [`Conn`].
+    pub fn conn(&mut self) -> Conn<'_> {
+        match self {
+            Tx::Sqlite(tx) => Conn::Sqlite(&mut **tx),
+            Tx::Postgres(tx) => Conn::Postgres(&mut **tx),
         }
     }
 

@@ -167,7 +167,6 @@ pub type Identifiers = BTreeMap<&'static str, Vec<String>>;
 /// Filters of the contact list and export: all given ones must match.
 #[derive(Debug, Clone, Default, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
-#[serde(deny_unknown_fields)]
 pub struct ContactFilter {
     /// Text search over name, emails, phones and company name (case-insensitive substring).
     pub q: Option<String>,

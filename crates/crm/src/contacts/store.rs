@@ -1,12 +1,28 @@
-//! Contacts in the state database (being written).
+//! Contacts in the state database: identity resolution, merges, reads, lists, tags.
+//!
+//! Concurrency: on SQLite every write transaction holds the write lock (`BEGIN IMMEDIATE`), so
+//! upserts are serial. On PostgreSQL two upserts that introduce the same new identifier race on
+//! the `(workspace_id, kind, value)` primary key; the loser's `ON CONFLICT DO NOTHING` waits for
+//! the winner's commit, and the check after inserting identifiers then merges the two contacts,
+//! so no identifier ever ends up on two contacts and no write is lost.
 
-use platform::db::{Db, Tx};
-use platform::{ApiError, ApiResult, Scope};
+use std::collections::{BTreeMap, BTreeSet};
+
+use platform::db::{Conn, Db, Tx};
+use platform::http::{Page, PageParams};
+use platform::id::UserId;
+use platform::{ApiError, ApiResult, Scope, Timestamp, with_conn, with_tx};
 use serde::Serialize;
+use serde_json::{Map, Value, json};
+use sqlx::QueryBuilder;
 use utoipa::ToSchema;
 
-use super::{Contact, ContactInput};
-use crate::ContactId;
+use super::{
+    Contact, ContactFilter, ContactInput, IDENTIFIER_KINDS, Identifiers, LifecycleStage, Touch,
+};
+use crate::fields::{self, Entity};
+use crate::timeline::{self, kind};
+use crate::{CompanyId, ContactId, from_json, normalize, refs, to_json};
 
 pub fn contact_not_found() -> ApiError {
     ApiError::not_found("contact_not_found", "No such contact in this workspace.")
@@ -22,32 +38,1009 @@ pub struct Upserted {
     pub merged: Vec<ContactId>,
 }
 
+#[derive(sqlx::FromRow)]
+struct ContactRow {
+    id: ContactId,
+    first_name: Option<String>,
+    last_name: Option<String>,
+    company_id: Option<CompanyId>,
+    owner_id: Option<UserId>,
+    lifecycle_stage: String,
+    lead_score: i64,
+    first_touch: Option<String>,
+    last_touch: Option<String>,
+    custom: String,
+    created_at: Timestamp,
+    updated_at: Timestamp,
+    last_seen_at: Option<Timestamp>,
+}
+
+const COLUMNS: &str = "c.id, c.first_name, c.last_name, c.company_id, c.owner_id, c.lifecycle_stage, \
+    c.lead_score, c.first_touch, c.last_touch, c.custom, c.created_at, c.updated_at, c.last_seen_at";
+
+/// The scalar part of a contact, as written back by [`write_row`].
+#[derive(Debug, Clone, PartialEq)]
+struct Scalars {
+    first_name: Option<String>,
+    last_name: Option<String>,
+    company_id: Option<CompanyId>,
+    owner_id: Option<UserId>,
+    lifecycle_stage: LifecycleStage,
+    lead_score: i64,
+    first_touch: Option<Touch>,
+    last_touch: Option<Touch>,
+    custom: Map<String, Value>,
+    created_at: Timestamp,
+    last_seen_at: Option<Timestamp>,
+}
+
+impl From<&Contact> for Scalars {
+    fn from(c: &Contact) -> Self {
+        Scalars {
+            first_name: c.first_name.clone(),
+            last_name: c.last_name.clone(),
+            company_id: c.company_id,
+            owner_id: c.owner_id,
+            lifecycle_stage: c.lifecycle_stage,
+            lead_score: c.lead_score,
+            first_touch: c.first_touch.clone(),
+            last_touch: c.last_touch.clone(),
+            custom: c.custom.clone(),
+            created_at: c.created_at,
+            last_seen_at: c.last_seen_at,
+        }
+    }
+}
+
+fn touch_json(touch: &Option<Touch>) -> Option<String> {
+    touch.as_ref().map(to_json)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Reads
+
 /// The live contact an id names: itself, or the survivor it was merged into. 404 otherwise.
 pub async fn resolve(db: &Db, scope: &Scope, id: ContactId) -> ApiResult<ContactId> {
-    let _ = (db, scope, id);
-    Err(contact_not_found())
+    let mut pooled = db.acquire().await?;
+    resolve_conn(&mut pooled.conn(), scope, id).await
 }
 
 /// [`resolve`] inside a transaction.
 pub async fn resolve_in(tx: &mut Tx, scope: &Scope, id: ContactId) -> ApiResult<ContactId> {
-    let _ = (tx, scope, id);
-    Err(contact_not_found())
+    resolve_conn(&mut tx.conn(), scope, id).await
 }
 
-/// Create-or-update by identifiers (identity resolution, merging when the input joins several
-/// contacts), in the caller's transaction; publishes the domain events.
-pub async fn upsert(tx: &mut Tx, scope: &Scope, input: &ContactInput) -> ApiResult<Upserted> {
-    let _ = (tx, scope, input);
-    Err(contact_not_found())
+async fn resolve_conn(conn: &mut Conn<'_>, scope: &Scope, id: ContactId) -> ApiResult<ContactId> {
+    // One statement: the id itself if live, else the survivor of its merge if that is live.
+    let found: Option<ContactId> = with_conn!(conn, c => sqlx::query_scalar(
+        "SELECT id FROM contacts WHERE workspace_id = $1 AND id = $2
+         UNION ALL
+         SELECT m.survivor_id FROM contact_merges m JOIN contacts s ON s.id = m.survivor_id
+         WHERE m.workspace_id = $1 AND m.merged_id = $2 AND s.workspace_id = $1",
+    ).bind(scope.workspace_id).bind(id).fetch_optional(c).await)?;
+    found.ok_or_else(contact_not_found)
+}
+
+/// One contact (following merges).
+pub async fn get(db: &Db, scope: &Scope, id: ContactId) -> ApiResult<Contact> {
+    let mut pooled = db.acquire().await?;
+    let mut conn = pooled.conn();
+    let id = resolve_conn(&mut conn, scope, id).await?;
+    load_one(&mut conn, scope, id).await
+}
+
+/// One live contact by its own id, inside a transaction.
+pub async fn get_in(tx: &mut Tx, scope: &Scope, id: ContactId) -> ApiResult<Contact> {
+    load_one(&mut tx.conn(), scope, id).await
+}
+
+async fn load_one(conn: &mut Conn<'_>, scope: &Scope, id: ContactId) -> ApiResult<Contact> {
+    let row: Option<ContactRow> = with_conn!(conn, c => sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {COLUMNS} FROM contacts c WHERE c.workspace_id = $1 AND c.id = $2"
+    ))).bind(scope.workspace_id).bind(id).fetch_optional(c).await)?;
+    let row = row.ok_or_else(contact_not_found)?;
+    let mut contacts = hydrate(conn, scope, vec![row]).await?;
+    contacts.pop().ok_or_else(contact_not_found)
+}
+
+/// Adds identifiers and tags to contact rows (two queries for any number of rows).
+async fn hydrate(
+    conn: &mut Conn<'_>,
+    scope: &Scope,
+    rows: Vec<ContactRow>,
+) -> ApiResult<Vec<Contact>> {
+    if rows.is_empty() {
+        return Ok(Vec::new());
+    }
+    let ids: Vec<ContactId> = rows.iter().map(|r| r.id).collect();
+    let identities: Vec<(ContactId, String, String)> = with_conn!(conn, c => {
+        let mut q = QueryBuilder::new(
+            "SELECT contact_id, kind, value FROM contact_identities WHERE workspace_id = ",
+        );
+        q.push_bind(scope.workspace_id).push(" AND contact_id IN (");
+        let mut list = q.separated(", ");
+        for id in &ids {
+            list.push_bind(*id);
+        }
+        q.push(") ORDER BY contact_id, kind, position, created_at, value");
+        q.build_query_as().fetch_all(&mut *c).await
+    })?;
+    let tags: Vec<(ContactId, String)> = with_conn!(conn, c => {
+        let mut q = QueryBuilder::new("SELECT contact_id, tag FROM contact_tags WHERE workspace_id = ");
+        q.push_bind(scope.workspace_id).push(" AND contact_id IN (");
+        let mut list = q.separated(", ");
+        for id in &ids {
+            list.push_bind(*id);
+        }
+        q.push(") ORDER BY contact_id, tag");
+        q.build_query_as().fetch_all(&mut *c).await
+    })?;
+    let mut by_contact: BTreeMap<ContactId, (Identifiers, Vec<String>)> = BTreeMap::new();
+    for (id, kind, value) in identities {
+        if let Some(k) = IDENTIFIER_KINDS.iter().find(|k| **k == kind) {
+            by_contact
+                .entry(id)
+                .or_default()
+                .0
+                .entry(k)
+                .or_default()
+                .push(value);
+        }
+    }
+    for (id, tag) in tags {
+        by_contact.entry(id).or_default().1.push(tag);
+    }
+    Ok(rows
+        .into_iter()
+        .map(|r| {
+            let (mut idents, tags) = by_contact.remove(&r.id).unwrap_or_default();
+            let mut take = |k: &str| idents.remove(k).unwrap_or_default();
+            Contact {
+                id: r.id,
+                first_name: r.first_name,
+                last_name: r.last_name,
+                emails: take("email"),
+                phones: take("phone"),
+                external_ids: take("external_id"),
+                ga_client_ids: take("ga_client_id"),
+                anonymous_ids: take("anonymous_id"),
+                company_id: r.company_id,
+                owner_id: r.owner_id,
+                lifecycle_stage: LifecycleStage::parse(&r.lifecycle_stage)
+                    .unwrap_or(LifecycleStage::Lead),
+                lead_score: r.lead_score,
+                first_touch: r
+                    .first_touch
+                    .as_deref()
+                    .and_then(|t| serde_json::from_str(t).ok()),
+                last_touch: r
+                    .last_touch
+                    .as_deref()
+                    .and_then(|t| serde_json::from_str(t).ok()),
+                tags,
+                custom: from_json(&r.custom),
+                created_at: r.created_at,
+                updated_at: r.updated_at,
+                last_seen_at: r.last_seen_at,
+            }
+        })
+        .collect())
+}
+
+/// `%`, `_` and `\` taken literally in a LIKE pattern (with `ESCAPE '\'`).
+fn like_pattern(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() + 2);
+    out.push('%');
+    for ch in text.to_lowercase().chars() {
+        if matches!(ch, '%' | '_' | '\\') {
+            out.push('\\');
+        }
+        out.push(ch);
+    }
+    out.push('%');
+    out
 }
 
 /// Contacts matching `filter`, newest first, one page.
 pub async fn list(
     db: &Db,
     scope: &Scope,
-    filter: &super::ContactFilter,
-    page: &platform::http::PageParams,
-) -> ApiResult<platform::http::Page<Contact>> {
-    let _ = (db, scope, filter, page);
-    Err(contact_not_found())
+    filter: &ContactFilter,
+    page: &PageParams,
+) -> ApiResult<Page<Contact>> {
+    let limit = page.limit()?;
+    let cursor = page.cursor()?;
+    let email = filter
+        .email
+        .as_deref()
+        .map(|e| normalize::email("email", e))
+        .transpose()?;
+    let mut pooled = db.acquire().await?;
+    let mut conn = pooled.conn();
+    let phone = match filter.phone.as_deref() {
+        Some(p) => {
+            let region = region_of(&mut conn, scope).await?;
+            Some(normalize::phone("phone", p, &region)?)
+        }
+        None => None,
+    };
+    let q = filter.q.as_deref().map(str::trim).filter(|q| !q.is_empty());
+    if q.is_some_and(|q| q.chars().count() > 200) {
+        return Err(ApiError::bad_request(
+            "invalid_query",
+            "`q` is at most 200 characters.",
+        ));
+    }
+    let rows: Vec<ContactRow> = with_conn!(&mut conn, c => {
+        let mut b = QueryBuilder::new(format!("SELECT {COLUMNS} FROM contacts c WHERE c.workspace_id = "));
+        b.push_bind(scope.workspace_id);
+        if let Some(cursor) = cursor {
+            b.push(" AND c.id < ").push_bind(ContactId(cursor));
+        }
+        if let Some(tag) = &filter.tag {
+            b.push(" AND EXISTS (SELECT 1 FROM contact_tags t WHERE t.contact_id = c.id AND t.tag = ")
+                .push_bind(tag.trim().to_owned()).push(")");
+        }
+        if let Some(stage) = filter.lifecycle_stage {
+            b.push(" AND c.lifecycle_stage = ").push_bind(stage.as_str());
+        }
+        if let Some(owner) = filter.owner_id {
+            b.push(" AND c.owner_id = ").push_bind(owner);
+        }
+        if let Some(company) = filter.company_id {
+            b.push(" AND c.company_id = ").push_bind(company);
+        }
+        for (kind, value) in [("email", &email), ("phone", &phone)] {
+            if let Some(value) = value {
+                b.push(" AND EXISTS (SELECT 1 FROM contact_identities i WHERE i.workspace_id = c.workspace_id AND i.contact_id = c.id AND i.kind = ")
+                    .push_bind(kind).push(" AND i.value = ").push_bind(value.clone()).push(")");
+            }
+        }
+        if let Some(q) = q {
+            let pattern = like_pattern(q);
+            b.push(" AND (lower(coalesce(c.first_name, '') || ' ' || coalesce(c.last_name, '')) LIKE ")
+                .push_bind(pattern.clone())
+                .push(" ESCAPE '\\' OR EXISTS (SELECT 1 FROM contact_identities i WHERE i.contact_id = c.id AND lower(i.value) LIKE ")
+                .push_bind(pattern.clone())
+                .push(" ESCAPE '\\') OR EXISTS (SELECT 1 FROM companies co WHERE co.id = c.company_id AND lower(co.name) LIKE ")
+                .push_bind(pattern)
+                .push(" ESCAPE '\\'))");
+        }
+        b.push(" ORDER BY c.id DESC LIMIT ").push_bind(i64::from(limit) + 1);
+        b.build_query_as().fetch_all(&mut *c).await
+    })?;
+    let page = Page::from_rows(rows, limit, |r| r.id.uuid());
+    let data = hydrate(&mut conn, scope, page.data).await?;
+    Ok(Page {
+        data,
+        next_cursor: page.next_cursor,
+    })
+}
+
+async fn region_of(conn: &mut Conn<'_>, scope: &Scope) -> ApiResult<String> {
+    let region: Option<String> = with_conn!(conn, c => sqlx::query_scalar(
+        "SELECT default_region FROM crm_settings WHERE workspace_id = $1",
+    ).bind(scope.workspace_id).fetch_optional(c).await)?;
+    Ok(region.unwrap_or_else(|| crate::settings::DEFAULT_REGION.to_owned()))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Input validation
+
+/// The input's identifiers, normalized and de-duplicated (order kept).
+fn identifiers(input: &ContactInput, region: &str) -> ApiResult<Identifiers> {
+    let mut out = Identifiers::new();
+    let lists: [(&'static str, &str, &Option<Vec<String>>); 5] = [
+        ("email", "emails", &input.emails),
+        ("phone", "phones", &input.phones),
+        ("external_id", "external_ids", &input.external_ids),
+        ("ga_client_id", "ga_client_ids", &input.ga_client_ids),
+        ("anonymous_id", "anonymous_ids", &input.anonymous_ids),
+    ];
+    for (kind, field, list) in lists {
+        let Some(list) = list else { continue };
+        if list.len() > 50 {
+            return Err(ApiError::invalid_field(
+                field,
+                format!("At most 50 `{field}`."),
+            ));
+        }
+        let mut values: Vec<String> = Vec::with_capacity(list.len());
+        for raw in list {
+            let value = match kind {
+                "email" => normalize::email(field, raw)?,
+                "phone" => normalize::phone(field, raw, region)?,
+                _ => normalize::identifier(field, raw)?,
+            };
+            if !values.contains(&value) {
+                values.push(value);
+            }
+        }
+        out.insert(kind, values);
+    }
+    Ok(out)
+}
+
+fn name(field: &str, value: &Option<Option<String>>) -> ApiResult<Option<Option<String>>> {
+    Ok(match value {
+        None => None,
+        Some(None) => Some(None),
+        Some(Some(text)) => {
+            let text = text.trim();
+            if text.chars().count() > 200 || text.chars().any(char::is_control) {
+                return Err(ApiError::invalid_field(
+                    field,
+                    format!("`{field}` is at most 200 characters on one line."),
+                ));
+            }
+            Some((!text.is_empty()).then(|| text.to_owned()))
+        }
+    })
+}
+
+fn check_touch(touch: &Touch) -> ApiResult<()> {
+    let fields = [
+        ("source", &touch.source),
+        ("medium", &touch.medium),
+        ("campaign", &touch.campaign),
+        ("term", &touch.term),
+        ("content", &touch.content),
+        ("referrer", &touch.referrer),
+        ("landing_page", &touch.landing_page),
+        ("gclid", &touch.gclid),
+        ("gbraid", &touch.gbraid),
+        ("wbraid", &touch.wbraid),
+        ("fbc", &touch.fbc),
+        ("fbp", &touch.fbp),
+    ];
+    for (field, value) in fields {
+        if value.as_ref().is_some_and(|v| v.len() > 2_048) {
+            return Err(ApiError::invalid_field(
+                &format!("touch.{field}"),
+                format!("`touch.{field}` is at most 2,048 bytes."),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn tags(field: &str, list: &[String]) -> ApiResult<Vec<String>> {
+    if list.len() > 100 {
+        return Err(ApiError::invalid_field(
+            field,
+            "At most 100 tags per request.",
+        ));
+    }
+    let mut out: Vec<String> = Vec::with_capacity(list.len());
+    for raw in list {
+        let tag = normalize::tag(field, raw)?;
+        if !out.contains(&tag) {
+            out.push(tag);
+        }
+    }
+    Ok(out)
+}
+
+/// Applies the input's scalar fields to `current` (or to a blank contact when creating),
+/// checking references. Identifiers and tags are handled by the callers.
+async fn apply_scalars(
+    tx: &mut Tx,
+    scope: &Scope,
+    current: Option<&Scalars>,
+    input: &ContactInput,
+    now: Timestamp,
+) -> ApiResult<Scalars> {
+    let mut s = current.cloned().unwrap_or(Scalars {
+        first_name: None,
+        last_name: None,
+        company_id: None,
+        owner_id: None,
+        lifecycle_stage: LifecycleStage::Lead,
+        lead_score: 0,
+        first_touch: None,
+        last_touch: None,
+        custom: Map::new(),
+        created_at: now,
+        last_seen_at: None,
+    });
+    if let Some(v) = name("first_name", &input.first_name)? {
+        s.first_name = v;
+    }
+    if let Some(v) = name("last_name", &input.last_name)? {
+        s.last_name = v;
+    }
+    if let Some(company) = input.company_id {
+        if let Some(id) = company {
+            refs::company(tx, scope, "company_id", id).await?;
+        }
+        s.company_id = company;
+    }
+    if let Some(owner) = input.owner_id {
+        if let Some(id) = owner {
+            refs::member(tx, scope, "owner_id", id).await?;
+        }
+        s.owner_id = owner;
+    }
+    if let Some(stage) = input.lifecycle_stage {
+        s.lifecycle_stage = stage;
+    }
+    if let Some(score) = input.lead_score {
+        if !(-1_000_000..=1_000_000).contains(&score) {
+            return Err(ApiError::invalid_field(
+                "lead_score",
+                "`lead_score` is between -1,000,000 and 1,000,000.",
+            ));
+        }
+        s.lead_score = score;
+    }
+    if let Some(touch) = &input.touch {
+        check_touch(touch)?;
+        let mut touch = touch.clone();
+        touch.at.get_or_insert(now);
+        if s.first_touch.is_none() {
+            s.first_touch = Some(touch.clone());
+        }
+        let newer = s
+            .last_touch
+            .as_ref()
+            .and_then(|t| t.at)
+            .is_none_or(|at| touch.at.is_some_and(|new| new >= at));
+        if newer {
+            s.last_touch = Some(touch);
+        }
+    }
+    if let Some(seen) = input.last_seen_at {
+        s.last_seen_at = Some(s.last_seen_at.map_or(seen, |old| old.max(seen)));
+    }
+    let changes = input.custom.clone().unwrap_or_default();
+    if current.is_none() || !changes.is_empty() {
+        s.custom = fields::apply(
+            tx,
+            scope,
+            Entity::Contact,
+            current.map(|c| &c.custom),
+            &changes,
+        )
+        .await?;
+    }
+    Ok(s)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Writes
+
+async fn insert_row(
+    tx: &mut Tx,
+    scope: &Scope,
+    id: ContactId,
+    s: &Scalars,
+    now: Timestamp,
+) -> ApiResult<()> {
+    with_tx!(tx, conn => sqlx::query(
+        "INSERT INTO contacts (id, workspace_id, first_name, last_name, company_id, owner_id,
+            lifecycle_stage, lead_score, first_touch, last_touch, custom, created_at, updated_at, last_seen_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
+    )
+    .bind(id).bind(scope.workspace_id).bind(&s.first_name).bind(&s.last_name).bind(s.company_id)
+    .bind(s.owner_id).bind(s.lifecycle_stage.as_str()).bind(s.lead_score)
+    .bind(touch_json(&s.first_touch)).bind(touch_json(&s.last_touch)).bind(to_json(&s.custom))
+    .bind(s.created_at).bind(now).bind(s.last_seen_at)
+    .execute(conn).await.map(|_| ()))?;
+    Ok(())
+}
+
+async fn write_row(
+    tx: &mut Tx,
+    scope: &Scope,
+    id: ContactId,
+    s: &Scalars,
+    now: Timestamp,
+) -> ApiResult<()> {
+    with_tx!(tx, conn => sqlx::query(
+        "UPDATE contacts SET first_name = $1, last_name = $2, company_id = $3, owner_id = $4,
+            lifecycle_stage = $5, lead_score = $6, first_touch = $7, last_touch = $8, custom = $9,
+            created_at = $10, updated_at = $11, last_seen_at = $12
+         WHERE workspace_id = $13 AND id = $14",
+    )
+    .bind(&s.first_name).bind(&s.last_name).bind(s.company_id).bind(s.owner_id)
+    .bind(s.lifecycle_stage.as_str()).bind(s.lead_score)
+    .bind(touch_json(&s.first_touch)).bind(touch_json(&s.last_touch)).bind(to_json(&s.custom))
+    .bind(s.created_at).bind(now).bind(s.last_seen_at).bind(scope.workspace_id).bind(id)
+    .execute(conn).await.map(|_| ()))?;
+    Ok(())
+}
+
+/// Contacts (other than `except`) holding any of the identifiers, oldest first.
+async fn holders(
+    tx: &mut Tx,
+    scope: &Scope,
+    idents: &Identifiers,
+    except: Option<ContactId>,
+) -> ApiResult<Vec<ContactId>> {
+    if idents.values().all(Vec::is_empty) {
+        return Ok(Vec::new());
+    }
+    let found: Vec<ContactId> = with_tx!(tx, conn => {
+        let mut b = QueryBuilder::new("SELECT DISTINCT contact_id FROM contact_identities WHERE workspace_id = ");
+        b.push_bind(scope.workspace_id).push(" AND (");
+        let mut first = true;
+        for (kind, values) in idents {
+            for value in values {
+                if !first {
+                    b.push(" OR ");
+                }
+                first = false;
+                b.push("(kind = ").push_bind(*kind).push(" AND value = ").push_bind(value.clone()).push(")");
+            }
+        }
+        b.push(")");
+        if let Some(except) = except {
+            b.push(" AND contact_id <> ").push_bind(except);
+        }
+        b.push(" ORDER BY contact_id");
+        b.build_query_scalar().fetch_all(&mut *conn).await
+    })?;
+    Ok(found)
+}
+
+/// Gives the identifiers to `id` (appended after its own); ones it already has are skipped.
+async fn add_identifiers(
+    tx: &mut Tx,
+    scope: &Scope,
+    id: ContactId,
+    idents: &Identifiers,
+    now: Timestamp,
+) -> ApiResult<()> {
+    for (kind, values) in idents {
+        for (i, value) in values.iter().enumerate() {
+            let position = 1_000 + i32::try_from(i).unwrap_or(0);
+            with_tx!(tx, conn => sqlx::query(
+                "INSERT INTO contact_identities (workspace_id, kind, value, contact_id, position, created_at)
+                 VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (workspace_id, kind, value) DO NOTHING",
+            ).bind(scope.workspace_id).bind(*kind).bind(value).bind(id).bind(position).bind(now)
+             .execute(conn).await.map(|_| ()))?;
+        }
+    }
+    Ok(())
+}
+
+/// Adds tags; returns the ones that were new.
+async fn add_tags(
+    tx: &mut Tx,
+    scope: &Scope,
+    id: ContactId,
+    tags: &[String],
+    now: Timestamp,
+) -> ApiResult<Vec<String>> {
+    let mut added = Vec::new();
+    for tag in tags {
+        let n = with_tx!(tx, conn => sqlx::query(
+            "INSERT INTO contact_tags (workspace_id, contact_id, tag, created_at) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (contact_id, tag) DO NOTHING",
+        ).bind(scope.workspace_id).bind(id).bind(tag).bind(now)
+         .execute(conn).await.map(|r| r.rows_affected()))?;
+        if n > 0 {
+            added.push(tag.clone());
+        }
+    }
+    Ok(added)
+}
+
+async fn tag_events(
+    tx: &mut Tx,
+    scope: &Scope,
+    id: ContactId,
+    added: &[String],
+    removed: &[String],
+) -> ApiResult<()> {
+    for (tags, entry, event) in [
+        (added, kind::TAG_ADDED, "contact.tag_added"),
+        (removed, kind::TAG_REMOVED, "contact.tag_removed"),
+    ] {
+        for tag in tags {
+            let data = json!({ "contact_id": id, "tag": tag });
+            timeline::record(tx, scope, id, entry, &data, None).await?;
+            platform::outbox::publish(tx, scope.workspace_id, event, &data).await?;
+        }
+    }
+    Ok(())
+}
+
+/// What changed between two versions of a contact, by field: `{field: {from, to}}`.
+fn diff(before: &Contact, after: &Contact) -> Map<String, Value> {
+    let (a, b) = (
+        serde_json::to_value(before).unwrap_or_default(),
+        serde_json::to_value(after).unwrap_or_default(),
+    );
+    let mut out = Map::new();
+    let skip = [
+        "id",
+        "created_at",
+        "updated_at",
+        "last_seen_at",
+        "tags",
+        "custom",
+    ];
+    if let (Value::Object(a), Value::Object(b)) = (&a, &b) {
+        for (key, new) in b {
+            let old = a.get(key).unwrap_or(&Value::Null);
+            if !skip.contains(&key.as_str()) && old != new {
+                out.insert(key.clone(), json!({ "from": old, "to": new }));
+            }
+        }
+    }
+    let keys: BTreeSet<&String> = before.custom.keys().chain(after.custom.keys()).collect();
+    for key in keys {
+        let (old, new) = (before.custom.get(key), after.custom.get(key));
+        if old != new {
+            out.insert(format!("custom.{key}"), json!({ "from": old, "to": new }));
+        }
+    }
+    out
+}
+
+async fn updated_events(
+    tx: &mut Tx,
+    scope: &Scope,
+    before: &Contact,
+    after: &Contact,
+) -> ApiResult<()> {
+    let changes = diff(before, after);
+    if changes.is_empty() {
+        return Ok(());
+    }
+    let data = json!({ "contact_id": after.id, "changes": changes });
+    timeline::record(tx, scope, after.id, kind::UPDATED, &data, None).await?;
+    platform::outbox::publish(tx, scope.workspace_id, "contact.updated", &data).await?;
+    Ok(())
+}
+
+/// Create-or-update by identifiers (identity resolution, merging when the input joins several
+/// contacts), in the caller's transaction; publishes the domain events.
+pub async fn upsert(tx: &mut Tx, scope: &Scope, input: &ContactInput) -> ApiResult<Upserted> {
+    let region = if input.phones.as_ref().is_some_and(|p| !p.is_empty()) {
+        crate::settings::default_region(tx, scope).await?
+    } else {
+        crate::settings::DEFAULT_REGION.to_owned()
+    };
+    let idents = identifiers(input, &region)?;
+    let new_tags = tags("tags", input.tags.as_deref().unwrap_or_default())?;
+    let now = Timestamp::now();
+    let found = holders(tx, scope, &idents, None).await?;
+    let mut merged = Vec::new();
+    let (id, created, before) = match found.split_first() {
+        None => {
+            let id = ContactId::new();
+            let scalars = apply_scalars(tx, scope, None, input, now).await?;
+            insert_row(tx, scope, id, &scalars, now).await?;
+            (id, true, None)
+        }
+        Some((&survivor, others)) => {
+            for &other in others {
+                merge_into(tx, scope, survivor, other).await?;
+                merged.push(other);
+            }
+            let before = get_in(tx, scope, survivor).await?;
+            let scalars =
+                apply_scalars(tx, scope, Some(&Scalars::from(&before)), input, now).await?;
+            write_row(tx, scope, survivor, &scalars, now).await?;
+            (survivor, false, Some(before))
+        }
+    };
+    add_identifiers(tx, scope, id, &idents, now).await?;
+    // A concurrent writer (PostgreSQL) may have taken one of our new identifiers: join it.
+    let mut id = id;
+    let late = holders(tx, scope, &idents, Some(id)).await?;
+    for other in late {
+        let (survivor, loser) = if other < id { (other, id) } else { (id, other) };
+        merge_into(tx, scope, survivor, loser).await?;
+        merged.push(loser);
+        id = survivor;
+    }
+    let added = add_tags(tx, scope, id, &new_tags, now).await?;
+    let contact = get_in(tx, scope, id).await?;
+    match &before {
+        None => {
+            let data = json!({ "contact_id": id, "contact": &contact });
+            timeline::record(tx, scope, id, kind::CREATED, &json!({}), None).await?;
+            platform::outbox::publish(tx, scope.workspace_id, "contact.created", &data).await?;
+        }
+        Some(before) => updated_events(tx, scope, before, &contact).await?,
+    }
+    tag_events(tx, scope, id, &added, &[]).await?;
+    Ok(Upserted {
+        contact,
+        created,
+        merged,
+    })
+}
+
+/// Changes a contact. Identifier and tag lists replace the contact's; an identifier held by
+/// another contact is a 409 (`identifier_taken`, with that contact's id): merge them instead.
+pub async fn update(
+    db: &Db,
+    scope: &Scope,
+    id: ContactId,
+    input: &ContactInput,
+) -> ApiResult<Contact> {
+    let mut tx = db.begin().await?;
+    let id = resolve_in(&mut tx, scope, id).await?;
+    let before = get_in(&mut tx, scope, id).await?;
+    let region = if input.phones.as_ref().is_some_and(|p| !p.is_empty()) {
+        crate::settings::default_region(&mut tx, scope).await?
+    } else {
+        crate::settings::DEFAULT_REGION.to_owned()
+    };
+    let idents = identifiers(input, &region)?;
+    let now = Timestamp::now();
+    for (kind, values) in &idents {
+        for value in values {
+            let owner: Option<ContactId> = with_tx!(&mut tx, conn => sqlx::query_scalar(
+                "SELECT contact_id FROM contact_identities WHERE workspace_id = $1 AND kind = $2 AND value = $3",
+            ).bind(scope.workspace_id).bind(*kind).bind(value).fetch_optional(conn).await)?;
+            if let Some(owner) = owner.filter(|o| *o != id) {
+                return Err(ApiError::conflict(
+                    "identifier_taken",
+                    format!(
+                        "`{value}` belongs to contact {owner}; merge the two contacts instead."
+                    ),
+                )
+                .with_details(
+                    json!({ "field": format!("{kind}s"), "value": value, "contact_id": owner }),
+                ));
+            }
+        }
+        with_tx!(&mut tx, conn => sqlx::query(
+            "DELETE FROM contact_identities WHERE workspace_id = $1 AND contact_id = $2 AND kind = $3",
+        ).bind(scope.workspace_id).bind(id).bind(*kind).execute(conn).await.map(|_| ()))?;
+        for (i, value) in values.iter().enumerate() {
+            with_tx!(&mut tx, conn => sqlx::query(
+                "INSERT INTO contact_identities (workspace_id, kind, value, contact_id, position, created_at)
+                 VALUES ($1, $2, $3, $4, $5, $6)",
+            ).bind(scope.workspace_id).bind(*kind).bind(value).bind(id)
+             .bind(i32::try_from(i).unwrap_or(0)).bind(now).execute(conn).await.map(|_| ()))?;
+        }
+    }
+    let scalars = apply_scalars(&mut tx, scope, Some(&Scalars::from(&before)), input, now).await?;
+    write_row(&mut tx, scope, id, &scalars, now).await?;
+    let (mut added, mut removed) = (Vec::new(), Vec::new());
+    if let Some(list) = &input.tags {
+        let wanted = tags("tags", list)?;
+        removed = before
+            .tags
+            .iter()
+            .filter(|t| !wanted.contains(t))
+            .cloned()
+            .collect();
+        for tag in &removed {
+            remove_tag_row(&mut tx, scope, id, tag).await?;
+        }
+        added = add_tags(&mut tx, scope, id, &wanted, now).await?;
+    }
+    let after = get_in(&mut tx, scope, id).await?;
+    updated_events(&mut tx, scope, &before, &after).await?;
+    tag_events(&mut tx, scope, id, &added, &removed).await?;
+    tx.commit().await?;
+    Ok(after)
+}
+
+async fn remove_tag_row(tx: &mut Tx, scope: &Scope, id: ContactId, tag: &str) -> ApiResult<u64> {
+    Ok(with_tx!(tx, conn => sqlx::query(
+        "DELETE FROM contact_tags WHERE workspace_id = $1 AND contact_id = $2 AND tag = $3",
+    ).bind(scope.workspace_id).bind(id).bind(tag).execute(conn).await.map(|r| r.rows_affected()))?)
+}
+
+/// Adds tags to a contact.
+pub async fn tag(db: &Db, scope: &Scope, id: ContactId, list: &[String]) -> ApiResult<Contact> {
+    let wanted = tags("tags", list)?;
+    if wanted.is_empty() {
+        return Err(ApiError::invalid_field("tags", "Give at least one tag."));
+    }
+    let mut tx = db.begin().await?;
+    let id = resolve_in(&mut tx, scope, id).await?;
+    let added = add_tags(&mut tx, scope, id, &wanted, Timestamp::now()).await?;
+    touch_updated(&mut tx, scope, id).await?;
+    tag_events(&mut tx, scope, id, &added, &[]).await?;
+    let contact = get_in(&mut tx, scope, id).await?;
+    tx.commit().await?;
+    Ok(contact)
+}
+
+/// Removes one tag; 404 `tag_not_found` if the contact does not have it.
+pub async fn untag(db: &Db, scope: &Scope, id: ContactId, tag: &str) -> ApiResult<()> {
+    let mut tx = db.begin().await?;
+    let id = resolve_in(&mut tx, scope, id).await?;
+    if remove_tag_row(&mut tx, scope, id, tag).await? == 0 {
+        return Err(ApiError::not_found(
+            "tag_not_found",
+            "The contact does not have this tag.",
+        ));
+    }
+    touch_updated(&mut tx, scope, id).await?;
+    tag_events(&mut tx, scope, id, &[], &[tag.to_owned()]).await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+async fn touch_updated(tx: &mut Tx, scope: &Scope, id: ContactId) -> ApiResult<()> {
+    with_tx!(tx, conn => sqlx::query("UPDATE contacts SET updated_at = $1 WHERE workspace_id = $2 AND id = $3")
+        .bind(Timestamp::now()).bind(scope.workspace_id).bind(id).execute(conn).await.map(|_| ()))?;
+    Ok(())
+}
+
+/// Deletes a contact with its identifiers, tags, timeline, notes and tasks. Ids merged into it
+/// stop resolving.
+pub async fn delete(db: &Db, scope: &Scope, id: ContactId) -> ApiResult<()> {
+    let mut tx = db.begin().await?;
+    let id = resolve_in(&mut tx, scope, id).await?;
+    with_tx!(&mut tx, conn => sqlx::query("DELETE FROM contact_merges WHERE workspace_id = $1 AND survivor_id = $2")
+        .bind(scope.workspace_id).bind(id).execute(conn).await.map(|_| ()))?;
+    with_tx!(&mut tx, conn => sqlx::query("DELETE FROM contacts WHERE workspace_id = $1 AND id = $2")
+        .bind(scope.workspace_id).bind(id).execute(conn).await.map(|_| ()))?;
+    platform::outbox::publish(
+        &mut tx,
+        scope.workspace_id,
+        "contact.deleted",
+        &json!({ "contact_id": id }),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Merges the given contacts into `survivor` (the manual merge). Ids are resolved first, so an
+/// already merged id is a no-op.
+pub async fn merge(
+    db: &Db,
+    scope: &Scope,
+    survivor: ContactId,
+    others: &[ContactId],
+) -> ApiResult<Upserted> {
+    if others.is_empty() || others.len() > 50 {
+        return Err(ApiError::invalid_field(
+            "contact_ids",
+            "Give 1 to 50 contact ids to merge.",
+        ));
+    }
+    let mut tx = db.begin().await?;
+    let survivor = resolve_in(&mut tx, scope, survivor).await?;
+    let mut merged = Vec::new();
+    for &other in others {
+        let other = resolve_in(&mut tx, scope, other).await.map_err(|_| {
+            ApiError::invalid_field(
+                "contact_ids",
+                format!("No contact {other} in this workspace."),
+            )
+        })?;
+        if other != survivor && !merged.contains(&other) {
+            merge_into(&mut tx, scope, survivor, other).await?;
+            merged.push(other);
+        }
+    }
+    let contact = get_in(&mut tx, scope, survivor).await?;
+    tx.commit().await?;
+    Ok(Upserted {
+        contact,
+        created: false,
+        merged,
+    })
+}
+
+/// Folds `loser` into `survivor`: identifiers, tags, deals, notes, tasks and timeline move;
+/// the survivor's empty fields take the loser's values (first touch: the earlier one; last
+/// touch: the later one; lifecycle: the further one; lead score and last seen: the higher);
+/// the loser is deleted and recorded as merged, and ids that pointed at it point at the survivor.
+async fn merge_into(
+    tx: &mut Tx,
+    scope: &Scope,
+    survivor: ContactId,
+    loser: ContactId,
+) -> ApiResult<()> {
+    let keep = get_in(tx, scope, survivor).await?;
+    let gone = get_in(tx, scope, loser).await?;
+    let ws = scope.workspace_id;
+    let statements = [
+        "UPDATE contact_identities SET contact_id = $1, position = position + 2000
+         WHERE workspace_id = $2 AND contact_id = $3",
+        "INSERT INTO contact_tags (workspace_id, contact_id, tag, created_at)
+         SELECT workspace_id, $1, tag, created_at FROM contact_tags WHERE workspace_id = $2 AND contact_id = $3
+         ON CONFLICT (contact_id, tag) DO NOTHING",
+        "INSERT INTO deal_contacts (deal_id, contact_id, workspace_id)
+         SELECT deal_id, $1, workspace_id FROM deal_contacts WHERE workspace_id = $2 AND contact_id = $3
+         ON CONFLICT (deal_id, contact_id) DO NOTHING",
+        "UPDATE notes SET contact_id = $1 WHERE workspace_id = $2 AND contact_id = $3",
+        "UPDATE tasks SET contact_id = $1 WHERE workspace_id = $2 AND contact_id = $3",
+        "UPDATE contact_merges SET survivor_id = $1 WHERE workspace_id = $2 AND survivor_id = $3",
+    ];
+    for sql in statements {
+        with_tx!(tx, conn => sqlx::query(sql).bind(survivor).bind(ws).bind(loser)
+            .execute(conn).await.map(|_| ()))?;
+    }
+    timeline::reassign(tx, scope, loser, survivor).await?;
+
+    let (a, b) = (Scalars::from(&keep), Scalars::from(&gone));
+    let earlier = |x: &Option<Touch>, y: &Option<Touch>, want_earlier: bool| -> Option<Touch> {
+        match (x, y) {
+            (Some(x), Some(y)) => {
+                let y_wins = match (x.at, y.at) {
+                    (Some(xa), Some(ya)) => {
+                        if want_earlier {
+                            ya < xa
+                        } else {
+                            ya > xa
+                        }
+                    }
+                    (None, Some(_)) => true,
+                    _ => false,
+                };
+                Some(if y_wins { y.clone() } else { x.clone() })
+            }
+            (x, y) => x.clone().or_else(|| y.clone()),
+        }
+    };
+    let mut custom = a.custom.clone();
+    for (key, value) in &b.custom {
+        custom.entry(key.clone()).or_insert_with(|| value.clone());
+    }
+    let combined = Scalars {
+        first_name: a.first_name.clone().or(b.first_name.clone()),
+        last_name: a.last_name.clone().or(b.last_name.clone()),
+        company_id: a.company_id.or(b.company_id),
+        owner_id: a.owner_id.or(b.owner_id),
+        lifecycle_stage: if a.lifecycle_stage == LifecycleStage::Other {
+            b.lifecycle_stage
+        } else if b.lifecycle_stage == LifecycleStage::Other {
+            a.lifecycle_stage
+        } else {
+            a.lifecycle_stage.max(b.lifecycle_stage)
+        },
+        lead_score: a.lead_score.max(b.lead_score),
+        first_touch: earlier(&a.first_touch, &b.first_touch, true),
+        last_touch: earlier(&a.last_touch, &b.last_touch, false),
+        custom,
+        created_at: a.created_at.min(b.created_at),
+        last_seen_at: a.last_seen_at.max(b.last_seen_at),
+    };
+    let now = Timestamp::now();
+    write_row(tx, scope, survivor, &combined, now).await?;
+    with_tx!(tx, conn => sqlx::query(
+        "INSERT INTO contact_merges (merged_id, workspace_id, survivor_id, snapshot, actor, merged_at)
+         VALUES ($1, $2, $3, $4, $5, $6)",
+    ).bind(loser).bind(ws).bind(survivor).bind(to_json(&gone)).bind(scope.actor.audit_name()).bind(now)
+     .execute(conn).await.map(|_| ()))?;
+    with_tx!(tx, conn => sqlx::query("DELETE FROM contacts WHERE workspace_id = $1 AND id = $2")
+        .bind(ws).bind(loser).execute(conn).await.map(|_| ()))?;
+    let data = json!({ "contact_id": survivor, "merged_id": loser, "merged": &gone });
+    timeline::record(
+        tx,
+        scope,
+        survivor,
+        kind::MERGED,
+        &json!({ "merged_id": loser, "emails": gone.emails, "phones": gone.phones }),
+        None,
+    )
+    .await?;
+    platform::outbox::publish(tx, ws, "contact.merged", &data).await?;
+    Ok(())
+}
+
+/// [`upsert`] inside a savepoint of the caller's transaction: a row that fails (bad input) is
+/// undone alone and the transaction goes on — for batches and imports.
+pub async fn upsert_isolated(
+    tx: &mut Tx,
+    scope: &Scope,
+    input: &ContactInput,
+) -> ApiResult<Upserted> {
+    with_tx!(tx, conn => sqlx::query("SAVEPOINT contact_upsert").execute(conn).await.map(|_| ()))?;
+    match upsert(tx, scope, input).await {
+        Ok(done) => {
+            with_tx!(tx, conn => sqlx::query("RELEASE SAVEPOINT contact_upsert").execute(conn).await.map(|_| ()))?;
+            Ok(done)
+        }
+        Err(err) => {
+            with_tx!(tx, conn => sqlx::query("ROLLBACK TO SAVEPOINT contact_upsert").execute(conn).await.map(|_| ()))?;
+            with_tx!(tx, conn => sqlx::query("RELEASE SAVEPOINT contact_upsert").execute(conn).await.map(|_| ()))?;
+            Err(err)
+        }
+    }
 }

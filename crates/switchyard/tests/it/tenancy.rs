@@ -72,6 +72,39 @@ async fn fixtures(app: &TestApp, owner_a: &User, ws_a: &str) -> BTreeMap<&'stati
     );
     ids.insert("site_id", site_id);
 
+    // CRM: a company, a contact with a tag, a custom field.
+    let (status, company) = app
+        .post(
+            &format!("/api/v1/workspaces/{ws_a}/companies"),
+            &owner_a.token,
+            json!({ "name": "Tenant A Corp", "domain": "tenant-a.example.com" }),
+        )
+        .await;
+    assert_eq!(status, 201, "{company}");
+    ids.insert("company_id", company["id"].as_str().unwrap().to_owned());
+    let (status, contact) = app
+        .post(
+            &format!("/api/v1/workspaces/{ws_a}/contacts"),
+            &owner_a.token,
+            json!({ "emails": ["tenant-a@example.com"], "tags": ["tenancy"], "company_id": company["id"] }),
+        )
+        .await;
+    assert_eq!(status, 201, "{contact}");
+    ids.insert(
+        "contact_id",
+        contact["contact"]["id"].as_str().unwrap().to_owned(),
+    );
+    ids.insert("tag", "tenancy".to_owned());
+    let (status, field) = app
+        .post(
+            &format!("/api/v1/workspaces/{ws_a}/fields"),
+            &owner_a.token,
+            json!({ "entity": "contact", "key": "tenancy", "field_type": "text" }),
+        )
+        .await;
+    assert_eq!(status, 201, "{field}");
+    ids.insert("field_id", field["id"].as_str().unwrap().to_owned());
+
     // A job far in the future, so no worker touches it during the test.
     let job = platform::jobs::NewJob::new("tenancy.fixture", json!({ "n": 1 }))
         .workspace(ws_a.parse::<platform::id::WorkspaceId>().unwrap())
