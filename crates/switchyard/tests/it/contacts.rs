@@ -200,6 +200,7 @@ backend_test!(identifiers_are_normalized_and_validated, |app| async move {
     assert_eq!(status, 201, "{c}");
     assert_eq!(c["contact"]["phones"], json!(["+5511961234567"]));
 
+    let stranger = app.signup("stranger@example.com").await;
     for (body, field) in [
         (json!({ "emails": ["not-an-email"] }), "emails"),
         (json!({ "phones": ["12"] }), "phones"),
@@ -207,7 +208,7 @@ backend_test!(identifiers_are_normalized_and_validated, |app| async move {
         (json!({ "first_name": "x".repeat(201) }), "first_name"),
         (json!({ "lead_score": 5_000_000 }), "lead_score"),
         (
-            json!({ "owner_id": "usr_0000000000000000000000000" }),
+            json!({ "owner_id": stranger.id }),
             "owner_id",
         ),
     ] {
