@@ -7,6 +7,7 @@
 //! change publishes its domain event into the outbox in the same transaction.
 
 pub mod activities;
+pub mod capture;
 pub mod companies;
 pub mod contacts;
 pub mod deals;
@@ -76,6 +77,7 @@ pub static MIGRATIONS: platform::db::Migrations = platform::db::Migrations {
 pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .merge(settings::routes())
+        .merge(capture::routes::routes())
         .merge(fields::routes())
         .merge(companies::routes())
         .merge(contacts::routes::routes())

@@ -104,6 +104,32 @@ pub async fn record_at(
     Ok(())
 }
 
+/// The entry recorded under `dedupe_key`, with its data, for writers that grow one entry (a web
+/// session's pages).
+pub(crate) async fn find_keyed(
+    tx: &mut Tx,
+    scope: &Scope,
+    dedupe_key: &str,
+) -> ApiResult<Option<(EntryId, Value)>> {
+    let row: Option<(EntryId, String)> = with_tx!(tx, conn => sqlx::query_as(
+        "SELECT id, data FROM timeline_entries WHERE workspace_id = $1 AND dedupe_key = $2",
+    ).bind(scope.workspace_id).bind(dedupe_key).fetch_optional(conn).await)?;
+    Ok(row.map(|(id, data)| (id, serde_json::from_str(&data).unwrap_or(Value::Null))))
+}
+
+/// Replaces an entry's data.
+pub(crate) async fn set_data(
+    tx: &mut Tx,
+    scope: &Scope,
+    id: EntryId,
+    data: &Value,
+) -> ApiResult<()> {
+    with_tx!(tx, conn => sqlx::query(
+        "UPDATE timeline_entries SET data = $1 WHERE workspace_id = $2 AND id = $3",
+    ).bind(data.to_string()).bind(scope.workspace_id).bind(id).execute(conn).await.map(|_| ()))?;
+    Ok(())
+}
+
 /// Moves every entry of `from` to `to` (a merge).
 pub(crate) async fn reassign(
     tx: &mut Tx,

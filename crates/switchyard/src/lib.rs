@@ -217,6 +217,15 @@ pub async fn run(
             tracking::log::consume(log, forward::deliver::GROUP, token, enqueuer.as_ref()).await;
             Ok(())
         });
+        let capturer = Arc::new(crm::capture::consumer::Capturer::new(
+            state.db.clone(),
+            app.enricher.clone(),
+        ));
+        let (log, token) = (app.log.clone(), shutdown.clone());
+        background.spawn(async move {
+            capturer.run(log, token).await;
+            Ok(())
+        });
     }
     let refresh = Duration::from_secs(state.config.tracking.directory_refresh_seconds.max(1));
     let (directory, token) = (app.directory.clone(), shutdown.clone());

@@ -146,8 +146,12 @@ pub struct ContactInput {
     pub tags: Option<Vec<String>>,
     /// Custom field values by key; `null` clears one.
     pub custom: Option<Map<String, Value>>,
-    /// A marketing touch: becomes the first touch if there is none, and the last touch.
+    /// A marketing touch: becomes the first touch if there is none, and the last touch (when
+    /// it is newer than the current one).
     pub touch: Option<Touch>,
+    /// An earlier touch known for this person (e.g. the landing of the visit that ended in a
+    /// form): becomes the first touch when there is none or it is earlier than the current one.
+    pub first_touch: Option<Touch>,
     /// When the person was last active (capture sets it from the event time).
     pub last_seen_at: Option<Timestamp>,
 }

@@ -489,6 +489,18 @@ async fn apply_scalars(
             s.last_touch = Some(touch);
         }
     }
+    if let Some(first) = &input.first_touch {
+        check_touch(first)?;
+        let mut first = first.clone();
+        first.at.get_or_insert(now);
+        let earlier = s
+            .first_touch
+            .as_ref()
+            .is_none_or(|t| t.at.is_none_or(|at| first.at.is_some_and(|new| new < at)));
+        if earlier {
+            s.first_touch = Some(first);
+        }
+    }
     if let Some(seen) = input.last_seen_at {
         s.last_seen_at = Some(s.last_seen_at.map_or(seen, |old| old.max(seen)));
     }
@@ -828,6 +840,51 @@ async fn remove_tag_row(tx: &mut Tx, scope: &Scope, id: ContactId, tag: &str) ->
     Ok(with_tx!(tx, conn => sqlx::query(
         "DELETE FROM contact_tags WHERE workspace_id = $1 AND contact_id = $2 AND tag = $3",
     ).bind(scope.workspace_id).bind(id).bind(tag).execute(conn).await.map(|r| r.rows_affected()))?)
+}
+
+/// Raises the contact's lifecycle stage to `stage` if it is behind (capture never demotes a
+/// customer to a lead); marks it seen at `seen`.
+pub(crate) async fn raise_lifecycle(
+    tx: &mut Tx,
+    scope: &Scope,
+    id: ContactId,
+    stage: LifecycleStage,
+) -> ApiResult<()> {
+    let current = get_in(tx, scope, id).await?.lifecycle_stage;
+    if current < stage && current != LifecycleStage::Other {
+        with_tx!(tx, conn => sqlx::query(
+            "UPDATE contacts SET lifecycle_stage = $1, updated_at = $2 WHERE workspace_id = $3 AND id = $4",
+        ).bind(stage.as_str()).bind(Timestamp::now()).bind(scope.workspace_id).bind(id)
+         .execute(conn).await.map(|_| ()))?;
+    }
+    Ok(())
+}
+
+/// Marks the contact as seen at `seen` (never moving the mark back).
+pub(crate) async fn seen(
+    tx: &mut Tx,
+    scope: &Scope,
+    id: ContactId,
+    seen: Timestamp,
+) -> ApiResult<()> {
+    with_tx!(tx, conn => sqlx::query(
+        "UPDATE contacts SET last_seen_at = $1
+         WHERE workspace_id = $2 AND id = $3 AND (last_seen_at IS NULL OR last_seen_at < $1)",
+    ).bind(seen).bind(scope.workspace_id).bind(id).execute(conn).await.map(|_| ()))?;
+    Ok(())
+}
+
+/// The contact holding an identifier, with its creation time, if any.
+pub(crate) async fn holder(
+    tx: &mut Tx,
+    scope: &Scope,
+    kind: &str,
+    value: &str,
+) -> ApiResult<Option<(ContactId, Timestamp)>> {
+    Ok(with_tx!(tx, conn => sqlx::query_as(
+        "SELECT i.contact_id, c.created_at FROM contact_identities i JOIN contacts c ON c.id = i.contact_id
+         WHERE i.workspace_id = $1 AND i.kind = $2 AND i.value = $3",
+    ).bind(scope.workspace_id).bind(kind).bind(value).fetch_optional(conn).await)?)
 }
 
 /// Adds tags to a contact.

@@ -207,10 +207,7 @@ backend_test!(identifiers_are_normalized_and_validated, |app| async move {
         (json!({ "tags": [" "] }), "tags"),
         (json!({ "first_name": "x".repeat(201) }), "first_name"),
         (json!({ "lead_score": 5_000_000 }), "lead_score"),
-        (
-            json!({ "owner_id": stranger.id }),
-            "owner_id",
-        ),
+        (json!({ "owner_id": stranger.id }), "owner_id"),
     ] {
         let (status, err) = upsert(&app, t, &ws, body.clone()).await;
         assert_eq!(status, 422, "{body} → {err}");

@@ -6,6 +6,7 @@
 mod accounts;
 mod activities;
 mod analytics;
+mod capture;
 mod cli;
 mod collect;
 mod contacts;

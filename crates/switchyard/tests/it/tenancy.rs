@@ -104,6 +104,18 @@ async fn fixtures(app: &TestApp, owner_a: &User, ws_a: &str) -> BTreeMap<&'stati
         .await;
     assert_eq!(status, 201, "{field}");
     ids.insert("field_id", field["id"].as_str().unwrap().to_owned());
+    let (status, rule) = app
+        .post(
+            &format!("/api/v1/workspaces/{ws_a}/capture-rules"),
+            &owner_a.token,
+            json!({
+                "site_id": ids["site_id"], "name": "Form", "event_name": "generate_lead",
+                "mappings": [{ "source": "param:email", "target": "emails" }],
+            }),
+        )
+        .await;
+    assert_eq!(status, 201, "{rule}");
+    ids.insert("rule_id", rule["id"].as_str().unwrap().to_owned());
 
     // A job far in the future, so no worker touches it during the test.
     let job = platform::jobs::NewJob::new("tenancy.fixture", json!({ "n": 1 }))
