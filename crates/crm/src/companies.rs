@@ -195,6 +195,7 @@ pub async fn update(
             },
         );
     }
+    crate::contacts::store::refresh_company_search(&mut tx, scope, id).await?;
     platform::outbox::publish(
         &mut tx,
         scope.workspace_id,
@@ -208,10 +209,14 @@ pub async fn update(
 
 pub async fn delete(db: &Db, scope: &Scope, id: CompanyId) -> ApiResult<()> {
     let mut tx = db.begin().await?;
+    let members = crate::contacts::store::of_company(&mut tx, scope, id).await?;
     let deleted = with_tx!(&mut tx, conn => sqlx::query("DELETE FROM companies WHERE workspace_id = $1 AND id = $2")
         .bind(scope.workspace_id).bind(id).execute(conn).await.map(|r| r.rows_affected()))?;
     if deleted == 0 {
         return Err(company_not_found());
+    }
+    for contact in members {
+        crate::contacts::store::refresh_search(&mut tx, scope, contact).await?;
     }
     platform::outbox::publish(
         &mut tx,

@@ -183,4 +183,7 @@ pub struct ContactFilter {
     pub email: Option<String>,
     /// Holds this phone (normalized with the workspace's region before matching).
     pub phone: Option<String>,
+    /// Order: `-created_at` (default, newest first), `created_at`, `-updated_at`, `updated_at`,
+    /// `-lead_score`, `lead_score`.
+    pub sort: Option<String>,
 }

@@ -8,7 +8,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use platform::db::{Conn, Db, Tx};
+use platform::db::{Conn, Db, Dialect, Tx};
 use platform::http::{Page, PageParams};
 use platform::id::UserId;
 use platform::{ApiError, ApiResult, Scope, Timestamp, with_conn, with_tx};
@@ -265,6 +265,24 @@ pub async fn list(
         None => None,
     };
     let q = filter.q.as_deref().map(str::trim).filter(|q| !q.is_empty());
+    let (column, descending) = match filter.sort.as_deref().unwrap_or("-created_at") {
+        "-created_at" => ("id", true),
+        "created_at" => ("id", false),
+        "-updated_at" => ("updated_at", true),
+        "updated_at" => ("updated_at", false),
+        "-lead_score" => ("lead_score", true),
+        "lead_score" => ("lead_score", false),
+        other => {
+            return Err(ApiError::bad_request(
+                "invalid_sort",
+                format!(
+                    "`sort={other}`: use created_at, updated_at or lead_score, with `-` for descending."
+                ),
+            ));
+        }
+    };
+    let dir = if descending { "DESC" } else { "ASC" };
+    let dialect = db.dialect();
     if q.is_some_and(|q| q.chars().count() > 200) {
         return Err(ApiError::bad_request(
             "invalid_query",
@@ -275,7 +293,13 @@ pub async fn list(
         let mut b = QueryBuilder::new(format!("SELECT {COLUMNS} FROM contacts c WHERE c.workspace_id = "));
         b.push_bind(scope.workspace_id);
         if let Some(cursor) = cursor {
-            b.push(" AND c.id < ").push_bind(ContactId(cursor));
+            // Keyset paging on (sort column, id), from the cursor row's own values.
+            let cmp = if descending { "<" } else { ">" };
+            b.push(format!(" AND (c.{column}, c.id) {cmp} (SELECT {column}, id FROM contacts WHERE workspace_id = "))
+                .push_bind(scope.workspace_id)
+                .push(" AND id = ")
+                .push_bind(ContactId(cursor))
+                .push(")");
         }
         if let Some(tag) = &filter.tag {
             b.push(" AND EXISTS (SELECT 1 FROM contact_tags t WHERE t.contact_id = c.id AND t.tag = ")
@@ -297,16 +321,18 @@ pub async fn list(
             }
         }
         if let Some(q) = q {
-            let pattern = like_pattern(q);
-            b.push(" AND (lower(coalesce(c.first_name, '') || ' ' || coalesce(c.last_name, '')) LIKE ")
-                .push_bind(pattern.clone())
-                .push(" ESCAPE '\\' OR EXISTS (SELECT 1 FROM contact_identities i WHERE i.contact_id = c.id AND lower(i.value) LIKE ")
-                .push_bind(pattern.clone())
-                .push(" ESCAPE '\\') OR EXISTS (SELECT 1 FROM companies co WHERE co.id = c.company_id AND lower(co.name) LIKE ")
-                .push_bind(pattern)
-                .push(" ESCAPE '\\'))");
+            let q = q.to_lowercase();
+            if dialect == Dialect::Sqlite && q.chars().count() >= 3 {
+                // The trigram FTS index: a quoted phrase is a substring match.
+                b.push(" AND c.rowid IN (SELECT rowid FROM contact_search WHERE contact_search MATCH ")
+                    .push_bind(format!("\"{}\"", q.replace('"', "\"\"")))
+                    .push(")");
+            } else {
+                // PostgreSQL's trigram index serves LIKE; shorter needles scan.
+                b.push(" AND c.search_text LIKE ").push_bind(like_pattern(&q)).push(" ESCAPE '\\'");
+            }
         }
-        b.push(" ORDER BY c.id DESC LIMIT ").push_bind(i64::from(limit) + 1);
+        b.push(format!(" ORDER BY c.{column} {dir}, c.id {dir} LIMIT ")).push_bind(i64::from(limit) + 1);
         b.build_query_as().fetch_all(&mut *c).await
     })?;
     let page = Page::from_rows(rows, limit, |r| r.id.uuid());
@@ -750,6 +776,7 @@ pub async fn upsert(tx: &mut Tx, scope: &Scope, input: &ContactInput) -> ApiResu
         id = survivor;
     }
     let added = add_tags(tx, scope, id, &new_tags, now).await?;
+    refresh_search(tx, scope, id).await?;
     let contact = get_in(tx, scope, id).await?;
     match &before {
         None => {
@@ -829,6 +856,7 @@ pub async fn update(
         }
         added = add_tags(&mut tx, scope, id, &wanted, now).await?;
     }
+    refresh_search(&mut tx, scope, id).await?;
     let after = get_in(&mut tx, scope, id).await?;
     updated_events(&mut tx, scope, &before, &after).await?;
     tag_events(&mut tx, scope, id, &added, &removed).await?;
@@ -885,6 +913,57 @@ pub(crate) async fn holder(
         "SELECT i.contact_id, c.created_at FROM contact_identities i JOIN contacts c ON c.id = i.contact_id
          WHERE i.workspace_id = $1 AND i.kind = $2 AND i.value = $3",
     ).bind(scope.workspace_id).bind(kind).bind(value).fetch_optional(conn).await)?)
+}
+
+/// Recomputes the contact's `search_text`: lower-cased names, identifiers (phones also as bare
+/// digits) and company name, which the list's `q` searches (FTS5 trigram on SQLite, a trigram
+/// index on PostgreSQL).
+pub(crate) async fn refresh_search(tx: &mut Tx, scope: &Scope, id: ContactId) -> ApiResult<()> {
+    let contact = get_in(tx, scope, id).await?;
+    let company: Option<String> = match contact.company_id {
+        Some(company) => with_tx!(tx, conn => sqlx::query_scalar(
+            "SELECT name FROM companies WHERE workspace_id = $1 AND id = $2",
+        ).bind(scope.workspace_id).bind(company).fetch_optional(conn).await)?,
+        None => None,
+    };
+    let mut parts: Vec<String> = Vec::new();
+    parts.extend(contact.first_name.clone());
+    parts.extend(contact.last_name.clone());
+    parts.extend(contact.emails.iter().cloned());
+    for phone in &contact.phones {
+        parts.push(phone.clone());
+        parts.push(phone.trim_start_matches('+').to_owned());
+    }
+    parts.extend(contact.external_ids.iter().cloned());
+    parts.extend(company);
+    let text = parts.join(" ").to_lowercase();
+    with_tx!(tx, conn => sqlx::query(
+        "UPDATE contacts SET search_text = $1 WHERE workspace_id = $2 AND id = $3 AND search_text <> $1",
+    ).bind(&text).bind(scope.workspace_id).bind(id).execute(conn).await.map(|_| ()))?;
+    Ok(())
+}
+
+/// The contacts of a company.
+pub(crate) async fn of_company(
+    tx: &mut Tx,
+    scope: &Scope,
+    company: CompanyId,
+) -> ApiResult<Vec<ContactId>> {
+    Ok(with_tx!(tx, conn => sqlx::query_scalar(
+        "SELECT id FROM contacts WHERE workspace_id = $1 AND company_id = $2",
+    ).bind(scope.workspace_id).bind(company).fetch_all(conn).await)?)
+}
+
+/// Recomputes `search_text` of every contact of a company (after it was renamed).
+pub(crate) async fn refresh_company_search(
+    tx: &mut Tx,
+    scope: &Scope,
+    company: CompanyId,
+) -> ApiResult<()> {
+    for id in of_company(tx, scope, company).await? {
+        refresh_search(tx, scope, id).await?;
+    }
+    Ok(())
 }
 
 /// Adds tags to a contact.
@@ -974,6 +1053,7 @@ pub async fn merge(
             merged.push(other);
         }
     }
+    refresh_search(&mut tx, scope, survivor).await?;
     let contact = get_in(&mut tx, scope, survivor).await?;
     tx.commit().await?;
     Ok(Upserted {

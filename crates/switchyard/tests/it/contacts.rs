@@ -489,6 +489,39 @@ backend_test!(tags_search_companies_and_batches, |app| async move {
         .await;
     assert_eq!(status, 400, "{err}");
 
+    // Sorting, with keyset paging that follows the sort.
+    for (who, score) in [(&ana, 30), (&bob, 80)] {
+        let (status, _) = app
+            .call(
+                Method::PATCH,
+                &format!("{base}/contacts/{}", id(who)),
+                Some(t),
+                Some(json!({ "lead_score": score })),
+            )
+            .await;
+        assert_eq!(status, 200);
+    }
+    let (_, page1) = app
+        .get(&format!("{base}/contacts?sort=-lead_score&limit=2"), t)
+        .await;
+    assert_eq!(names(&page1), vec!["Bob", "Ana"]);
+    let cursor = page1["next_cursor"].as_str().unwrap();
+    let (_, page2) = app
+        .get(
+            &format!("{base}/contacts?sort=-lead_score&limit=2&cursor={cursor}"),
+            t,
+        )
+        .await;
+    assert_eq!(names(&page2), vec!["Carla"]);
+    assert_eq!(page2["next_cursor"], Value::Null);
+    let (_, asc) = app
+        .get(&format!("{base}/contacts?sort=lead_score"), t)
+        .await;
+    assert_eq!(names(&asc), vec!["Carla", "Ana", "Bob"]);
+    let (status, err) = app.get(&format!("{base}/contacts?sort=name"), t).await;
+    assert_eq!(status, 400, "{err}");
+    assert_eq!(err["error"]["code"], "invalid_sort");
+
     // Tags: add (idempotent), remove, 404 for a tag the contact does not have.
     let (status, tagged) = app
         .post(
