@@ -15,6 +15,7 @@ pub mod fields;
 pub mod import;
 pub mod normalize;
 pub mod refs;
+pub mod segments;
 pub mod settings;
 pub mod timeline;
 
@@ -82,6 +83,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .merge(companies::routes())
         .merge(contacts::routes::routes())
         .merge(timeline::routes())
+        .merge(segments::routes())
         .merge(deals::routes())
         .merge(activities::routes())
         .merge(import::routes())

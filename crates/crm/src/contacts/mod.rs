@@ -168,8 +168,10 @@ pub const IDENTIFIER_KINDS: [&str; 5] = [
 /// Identifiers by kind, normalized.
 pub type Identifiers = BTreeMap<&'static str, Vec<String>>;
 
-/// Filters of the contact list and export: all given ones must match.
-#[derive(Debug, Clone, Default, Deserialize, utoipa::IntoParams)]
+/// Filters of the contact list, export and segments: all given ones must match.
+#[derive(
+    Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::IntoParams, ToSchema,
+)]
 #[into_params(parameter_in = Query)]
 pub struct ContactFilter {
     /// Text search over name, emails, phones and company name (case-insensitive substring).
@@ -183,6 +185,22 @@ pub struct ContactFilter {
     pub email: Option<String>,
     /// Holds this phone (normalized with the workspace's region before matching).
     pub phone: Option<String>,
+    /// A custom field equals a value: `plan:pro` (compared as text).
+    pub custom: Option<String>,
+    /// First-touch source (e.g. `google`, `facebook`, `newsletter`).
+    pub source: Option<String>,
+    /// First-touch medium (e.g. `cpc`, `organic`, `email`).
+    pub medium: Option<String>,
+    /// First-touch campaign.
+    pub campaign: Option<String>,
+    /// Arrived from an ad click: a gclid, gbraid, wbraid or fbc on the first or last touch.
+    pub has_click_id: Option<bool>,
+    /// Visited a page whose path matches (`/pricing`, `/blog/*`) within `visited_within_days`.
+    pub visited_path: Option<String>,
+    /// Window of `visited_path`, 1 to 365 days (default 30).
+    pub visited_within_days: Option<u32>,
+    /// Active (seen on the site or captured) within this many days, 1 to 3650.
+    pub seen_within_days: Option<u32>,
     /// Order: `-created_at` (default, newest first), `created_at`, `-updated_at`, `updated_at`,
     /// `-lead_score`, `lead_score`.
     pub sort: Option<String>,

@@ -241,25 +241,33 @@ fn like_pattern(text: &str) -> String {
     out
 }
 
-/// Contacts matching `filter`, newest first, one page.
-pub async fn list(
-    db: &Db,
+/// A [`ContactFilter`] checked and normalized, ready to become SQL.
+struct Prepared {
+    dialect: Dialect,
+    email: Option<String>,
+    phone: Option<String>,
+    q: Option<String>,
+    custom: Option<(String, String)>,
+    seen_since: Option<Timestamp>,
+    visited: Option<(String, Timestamp)>,
+    column: &'static str,
+    descending: bool,
+}
+
+async fn prepare(
+    conn: &mut Conn<'_>,
+    dialect: Dialect,
     scope: &Scope,
     filter: &ContactFilter,
-    page: &PageParams,
-) -> ApiResult<Page<Contact>> {
-    let limit = page.limit()?;
-    let cursor = page.cursor()?;
+) -> ApiResult<Prepared> {
     let email = filter
         .email
         .as_deref()
         .map(|e| normalize::email("email", e))
         .transpose()?;
-    let mut pooled = db.acquire().await?;
-    let mut conn = pooled.conn();
     let phone = match filter.phone.as_deref() {
         Some(p) => {
-            let region = region_of(&mut conn, scope).await?;
+            let region = region_of(conn, scope).await?;
             Some(normalize::phone("phone", p, &region)?)
         }
         None => None,
@@ -281,14 +289,172 @@ pub async fn list(
             ));
         }
     };
-    let dir = if descending { "DESC" } else { "ASC" };
-    let dialect = db.dialect();
+
+    let custom = filter
+        .custom
+        .as_deref()
+        .map(|c| {
+            c.split_once(':')
+                .filter(|(k, _)| {
+                    !k.is_empty()
+                        && k.bytes()
+                            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+                })
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .ok_or_else(|| {
+                    ApiError::bad_request(
+                        "invalid_query",
+                        "`custom` is `key:value`, e.g. `plan:pro`.",
+                    )
+                })
+        })
+        .transpose()?;
+    let days = |field: &str, value: Option<u32>, max: u32| -> ApiResult<Option<Timestamp>> {
+        match value {
+            None => Ok(None),
+            Some(d) if (1..=max).contains(&d) => Ok(Some(
+                Timestamp::now() - std::time::Duration::from_secs(u64::from(d) * 86_400),
+            )),
+            Some(_) => Err(ApiError::bad_request(
+                "invalid_query",
+                format!("`{field}` is 1 to {max} days."),
+            )),
+        }
+    };
+    let seen_since = days("seen_within_days", filter.seen_within_days, 3_650)?;
+    let visited = match &filter.visited_path {
+        Some(path) if !path.is_empty() && path.len() <= 500 => {
+            let since = days(
+                "visited_within_days",
+                Some(filter.visited_within_days.unwrap_or(30)),
+                365,
+            )?;
+            // The session entry's data lists its pages as JSON strings: `"/pricing"`.
+            let mut pattern = String::from("%\"");
+            for ch in path.chars() {
+                match ch {
+                    '*' => pattern.push('%'),
+                    '%' | '_' | '\\' => {
+                        pattern.push('\\');
+                        pattern.push(ch);
+                    }
+                    _ => pattern.push(ch),
+                }
+            }
+            pattern.push_str("\"%");
+            since.map(|s| (pattern, s))
+        }
+        Some(_) => {
+            return Err(ApiError::bad_request(
+                "invalid_query",
+                "`visited_path` is 1 to 500 characters.",
+            ));
+        }
+        None => None,
+    };
     if q.is_some_and(|q| q.chars().count() > 200) {
         return Err(ApiError::bad_request(
             "invalid_query",
             "`q` is at most 200 characters.",
         ));
     }
+    Ok(Prepared {
+        dialect,
+        email,
+        phone,
+        q: q.map(str::to_lowercase),
+        custom,
+        seen_since,
+        visited,
+        column,
+        descending,
+    })
+}
+
+/// Appends ` AND …` for every condition of the filter to a query over `contacts c`.
+macro_rules! push_filters {
+    ($b:ident, $p:ident, $f:ident) => {
+        if let Some(tag) = &$f.tag {
+            $b.push(" AND EXISTS (SELECT 1 FROM contact_tags t WHERE t.contact_id = c.id AND t.tag = ")
+                .push_bind(tag.trim().to_owned()).push(")");
+        }
+        if let Some(stage) = $f.lifecycle_stage {
+            $b.push(" AND c.lifecycle_stage = ").push_bind(stage.as_str());
+        }
+        if let Some(owner) = $f.owner_id {
+            $b.push(" AND c.owner_id = ").push_bind(owner);
+        }
+        if let Some(company) = $f.company_id {
+            $b.push(" AND c.company_id = ").push_bind(company);
+        }
+        if let Some((key, value)) = &$p.custom {
+            match $p.dialect {
+                Dialect::Sqlite => $b.push(" AND CAST(json_extract(c.custom, ").push_bind(format!("$.{key}")).push(") AS TEXT) = "),
+                Dialect::Postgres => $b.push(" AND (c.custom::jsonb ->> ").push_bind(key.clone()).push(") = "),
+            };
+            $b.push_bind(value.clone());
+        }
+        for (field, value) in [("source", &$f.source), ("medium", &$f.medium), ("campaign", &$f.campaign)] {
+            if let Some(value) = value {
+                match $p.dialect {
+                    Dialect::Sqlite => $b.push(" AND json_extract(c.first_touch, ").push_bind(format!("$.{field}")).push(") = "),
+                    Dialect::Postgres => $b.push(" AND (c.first_touch::jsonb ->> ").push_bind(field).push(") = "),
+                };
+                $b.push_bind(value.clone());
+            }
+        }
+        if let Some(clicked) = $f.has_click_id {
+            // Click ids are ASCII tokens; their JSON keys appear only when set.
+            let has = "(coalesce(c.first_touch, '') LIKE '%\"gclid\"%' OR coalesce(c.first_touch, '') LIKE '%\"gbraid\"%'
+                OR coalesce(c.first_touch, '') LIKE '%\"wbraid\"%' OR coalesce(c.first_touch, '') LIKE '%\"fbc\"%'
+                OR coalesce(c.last_touch, '') LIKE '%\"gclid\"%' OR coalesce(c.last_touch, '') LIKE '%\"gbraid\"%'
+                OR coalesce(c.last_touch, '') LIKE '%\"wbraid\"%' OR coalesce(c.last_touch, '') LIKE '%\"fbc\"%')";
+            $b.push(if clicked { format!(" AND {has}") } else { format!(" AND NOT {has}") });
+        }
+        if let Some(since) = $p.seen_since {
+            $b.push(" AND c.last_seen_at >= ").push_bind(since);
+        }
+        if let Some((pattern, since)) = &$p.visited {
+            $b.push(" AND EXISTS (SELECT 1 FROM timeline_entries e WHERE e.contact_id = c.id AND e.kind = 'web.session' AND e.occurred_at >= ")
+                .push_bind(*since)
+                .push(" AND e.data LIKE ")
+                .push_bind(pattern.clone())
+                .push(" ESCAPE '\\')");
+        }
+        for (kind, value) in [("email", &$p.email), ("phone", &$p.phone)] {
+            if let Some(value) = value {
+                $b.push(" AND EXISTS (SELECT 1 FROM contact_identities i WHERE i.workspace_id = c.workspace_id AND i.contact_id = c.id AND i.kind = ")
+                    .push_bind(kind).push(" AND i.value = ").push_bind(value.clone()).push(")");
+            }
+        }
+        if let Some(q) = &$p.q {
+            if $p.dialect == Dialect::Sqlite && q.chars().count() >= 3 {
+                // The trigram FTS index: a quoted phrase is a substring match.
+                $b.push(" AND c.rowid IN (SELECT rowid FROM contact_search WHERE contact_search MATCH ")
+                    .push_bind(format!("\"{}\"", q.replace('"', "\"\"")))
+                    .push(")");
+            } else {
+                // PostgreSQL's trigram index serves LIKE; shorter needles scan.
+                $b.push(" AND c.search_text LIKE ").push_bind(like_pattern(q)).push(" ESCAPE '\\'");
+            }
+        }
+    };
+}
+
+/// Contacts matching `filter`, in its sort order (newest first by default), one page.
+pub async fn list(
+    db: &Db,
+    scope: &Scope,
+    filter: &ContactFilter,
+    page: &PageParams,
+) -> ApiResult<Page<Contact>> {
+    let limit = page.limit()?;
+    let cursor = page.cursor()?;
+    let mut pooled = db.acquire().await?;
+    let mut conn = pooled.conn();
+    let p = prepare(&mut conn, db.dialect(), scope, filter).await?;
+    let (column, descending) = (p.column, p.descending);
+    let dir = if descending { "DESC" } else { "ASC" };
     let rows: Vec<ContactRow> = with_conn!(&mut conn, c => {
         let mut b = QueryBuilder::new(format!("SELECT {COLUMNS} FROM contacts c WHERE c.workspace_id = "));
         b.push_bind(scope.workspace_id);
@@ -301,37 +467,7 @@ pub async fn list(
                 .push_bind(ContactId(cursor))
                 .push(")");
         }
-        if let Some(tag) = &filter.tag {
-            b.push(" AND EXISTS (SELECT 1 FROM contact_tags t WHERE t.contact_id = c.id AND t.tag = ")
-                .push_bind(tag.trim().to_owned()).push(")");
-        }
-        if let Some(stage) = filter.lifecycle_stage {
-            b.push(" AND c.lifecycle_stage = ").push_bind(stage.as_str());
-        }
-        if let Some(owner) = filter.owner_id {
-            b.push(" AND c.owner_id = ").push_bind(owner);
-        }
-        if let Some(company) = filter.company_id {
-            b.push(" AND c.company_id = ").push_bind(company);
-        }
-        for (kind, value) in [("email", &email), ("phone", &phone)] {
-            if let Some(value) = value {
-                b.push(" AND EXISTS (SELECT 1 FROM contact_identities i WHERE i.workspace_id = c.workspace_id AND i.contact_id = c.id AND i.kind = ")
-                    .push_bind(kind).push(" AND i.value = ").push_bind(value.clone()).push(")");
-            }
-        }
-        if let Some(q) = q {
-            let q = q.to_lowercase();
-            if dialect == Dialect::Sqlite && q.chars().count() >= 3 {
-                // The trigram FTS index: a quoted phrase is a substring match.
-                b.push(" AND c.rowid IN (SELECT rowid FROM contact_search WHERE contact_search MATCH ")
-                    .push_bind(format!("\"{}\"", q.replace('"', "\"\"")))
-                    .push(")");
-            } else {
-                // PostgreSQL's trigram index serves LIKE; shorter needles scan.
-                b.push(" AND c.search_text LIKE ").push_bind(like_pattern(&q)).push(" ESCAPE '\\'");
-            }
-        }
+        push_filters!(b, p, filter);
         b.push(format!(" ORDER BY c.{column} {dir}, c.id {dir} LIMIT ")).push_bind(i64::from(limit) + 1);
         b.build_query_as().fetch_all(&mut *c).await
     })?;
@@ -341,6 +477,20 @@ pub async fn list(
         data,
         next_cursor: page.next_cursor,
     })
+}
+
+/// How many contacts match `filter` (segments' live counts).
+pub async fn count(db: &Db, scope: &Scope, filter: &ContactFilter) -> ApiResult<i64> {
+    let mut pooled = db.acquire().await?;
+    let mut conn = pooled.conn();
+    let p = prepare(&mut conn, db.dialect(), scope, filter).await?;
+    let n: i64 = with_conn!(&mut conn, c => {
+        let mut b = QueryBuilder::new("SELECT COUNT(*) FROM contacts c WHERE c.workspace_id = ");
+        b.push_bind(scope.workspace_id);
+        push_filters!(b, p, filter);
+        b.build_query_scalar().fetch_one(&mut *c).await
+    })?;
+    Ok(n)
 }
 
 async fn region_of(conn: &mut Conn<'_>, scope: &Scope) -> ApiResult<String> {

@@ -270,6 +270,57 @@ backend_test!(
             1
         );
 
+        // Segments over attribution, custom fields and web activity, with live counts.
+        let segments = format!("{base}/segments");
+        for (filter, expected) in [
+            (
+                json!({ "visited_path": "/pricing*", "visited_within_days": 7 }),
+                1,
+            ),
+            (json!({ "visited_path": "/pricing" }), 1),
+            (json!({ "visited_path": "/careers" }), 0),
+            (
+                json!({ "has_click_id": true, "source": "google", "medium": "cpc" }),
+                1,
+            ),
+            (json!({ "has_click_id": false }), 0),
+            (
+                json!({ "custom": "plan:pro", "tag": "website-lead", "seen_within_days": 1 }),
+                1,
+            ),
+            (json!({ "custom": "plan:free" }), 0),
+        ] {
+            let (status, segment) = app
+                .post(
+                    &segments,
+                    t,
+                    json!({ "name": "Segment", "filter": filter.clone() }),
+                )
+                .await;
+            assert_eq!(status, 201, "{filter} → {segment}");
+            assert_eq!(segment["count"], expected, "{filter}");
+            let segment_id = segment["id"].as_str().unwrap();
+            let (_, members) = app
+                .get(&format!("{segments}/{segment_id}/contacts"), t)
+                .await;
+            assert_eq!(
+                members["data"].as_array().unwrap().len(),
+                expected as usize,
+                "{filter}"
+            );
+        }
+        let (status, err) = app
+            .post(
+                &segments,
+                t,
+                json!({ "name": "Bad", "filter": { "sort": "name" } }),
+            )
+            .await;
+        assert_eq!(status, 422, "{err}");
+        assert_eq!(err["error"]["details"]["field"], "filter");
+        let (_, all) = app.get(&segments, t).await;
+        assert_eq!(all["data"].as_array().unwrap().len(), 7);
+
         // A mistyped email is counted on the rule with the reason, and makes no contact.
         gtag(
             &app,

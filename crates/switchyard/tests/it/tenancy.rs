@@ -116,6 +116,15 @@ async fn fixtures(app: &TestApp, owner_a: &User, ws_a: &str) -> BTreeMap<&'stati
         .await;
     assert_eq!(status, 201, "{rule}");
     ids.insert("rule_id", rule["id"].as_str().unwrap().to_owned());
+    let (status, segment) = app
+        .post(
+            &format!("/api/v1/workspaces/{ws_a}/segments"),
+            &owner_a.token,
+            json!({ "name": "VIP", "filter": { "tag": "tenancy" } }),
+        )
+        .await;
+    assert_eq!(status, 201, "{segment}");
+    ids.insert("segment_id", segment["id"].as_str().unwrap().to_owned());
 
     // A job far in the future, so no worker touches it during the test.
     let job = platform::jobs::NewJob::new("tenancy.fixture", json!({ "n": 1 }))
