@@ -697,6 +697,30 @@ async fn apply_scalars(
 // ---------------------------------------------------------------------------------------------
 // Writes
 
+/// Serializes the writers of one workspace's contacts on PostgreSQL (a transaction-scoped
+/// advisory lock; SQLite's write lock already does this). Identity resolution reads who holds
+/// which identifier and then moves identifiers and deletes merged contacts: two such
+/// transactions interleaving under READ COMMITTED could each merge the same contact into a
+/// different survivor and lose identifiers through the cascades. Workspaces still write in
+/// parallel. The two-key form keeps clear of the job queue's single-key lock.
+pub(crate) async fn lock_contacts(tx: &mut Tx, scope: &Scope) -> ApiResult<()> {
+    if let Tx::Postgres(tx) = tx {
+        let bytes = scope.workspace_id.uuid().into_bytes();
+        // UUIDv7's last 8 bytes are random: spread across the 32-bit key.
+        let key = i32::from_be_bytes([bytes[12], bytes[13], bytes[14], bytes[15]])
+            ^ i32::from_be_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]);
+        sqlx::query("SELECT pg_advisory_xact_lock($1, $2)")
+            .bind(CONTACTS_LOCK_CLASS)
+            .bind(key)
+            .execute(&mut **tx)
+            .await?;
+    }
+    Ok(())
+}
+
+/// First key of [`lock_contacts`]'s advisory locks ("CRM1").
+const CONTACTS_LOCK_CLASS: i32 = 0x4352_4d31;
+
 async fn insert_row(
     tx: &mut Tx,
     scope: &Scope,
@@ -886,6 +910,7 @@ async fn updated_events(
 /// Create-or-update by identifiers (identity resolution, merging when the input joins several
 /// contacts), in the caller's transaction; publishes the domain events.
 pub async fn upsert(tx: &mut Tx, scope: &Scope, input: &ContactInput) -> ApiResult<Upserted> {
+    lock_contacts(tx, scope).await?;
     let region = if input.phones.as_ref().is_some_and(|p| !p.is_empty()) {
         crate::settings::default_region(tx, scope).await?
     } else {
@@ -953,6 +978,7 @@ pub async fn update(
     input: &ContactInput,
 ) -> ApiResult<Contact> {
     let mut tx = db.begin().await?;
+    lock_contacts(&mut tx, scope).await?;
     let id = resolve_in(&mut tx, scope, id).await?;
     let before = get_in(&mut tx, scope, id).await?;
     let region = if input.phones.as_ref().is_some_and(|p| !p.is_empty()) {
@@ -1123,6 +1149,7 @@ pub async fn tag(db: &Db, scope: &Scope, id: ContactId, list: &[String]) -> ApiR
         return Err(ApiError::invalid_field("tags", "Give at least one tag."));
     }
     let mut tx = db.begin().await?;
+    lock_contacts(&mut tx, scope).await?;
     let id = resolve_in(&mut tx, scope, id).await?;
     let added = add_tags(&mut tx, scope, id, &wanted, Timestamp::now()).await?;
     touch_updated(&mut tx, scope, id).await?;
@@ -1135,6 +1162,7 @@ pub async fn tag(db: &Db, scope: &Scope, id: ContactId, list: &[String]) -> ApiR
 /// Removes one tag; 404 `tag_not_found` if the contact does not have it.
 pub async fn untag(db: &Db, scope: &Scope, id: ContactId, tag: &str) -> ApiResult<()> {
     let mut tx = db.begin().await?;
+    lock_contacts(&mut tx, scope).await?;
     let id = resolve_in(&mut tx, scope, id).await?;
     if remove_tag_row(&mut tx, scope, id, tag).await? == 0 {
         return Err(ApiError::not_found(
@@ -1158,6 +1186,7 @@ async fn touch_updated(tx: &mut Tx, scope: &Scope, id: ContactId) -> ApiResult<(
 /// stop resolving.
 pub async fn delete(db: &Db, scope: &Scope, id: ContactId) -> ApiResult<()> {
     let mut tx = db.begin().await?;
+    lock_contacts(&mut tx, scope).await?;
     let id = resolve_in(&mut tx, scope, id).await?;
     with_tx!(&mut tx, conn => sqlx::query("DELETE FROM contact_merges WHERE workspace_id = $1 AND survivor_id = $2")
         .bind(scope.workspace_id).bind(id).execute(conn).await.map(|_| ()))?;
@@ -1189,6 +1218,7 @@ pub async fn merge(
         ));
     }
     let mut tx = db.begin().await?;
+    lock_contacts(&mut tx, scope).await?;
     let survivor = resolve_in(&mut tx, scope, survivor).await?;
     let mut merged = Vec::new();
     for &other in others {

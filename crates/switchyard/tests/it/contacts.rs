@@ -635,3 +635,41 @@ backend_test!(tags_search_companies_and_batches, |app| async move {
     assert_eq!(status, 404);
     let _ = bob;
 });
+
+backend_test!(
+    concurrent_upserts_of_one_person_make_one_contact,
+    |app| async move {
+        let owner = app.signup("race@example.com").await;
+        let ws = app.workspace(&owner, "Race").await;
+        // Sixteen forms at once, all naming one new email, each with its own phone.
+        let mut tasks = Vec::new();
+        for i in 0..16 {
+            let (client, url, token) = (
+                app.client.clone(),
+                app.url(&format!("/api/v1/workspaces/{ws}/contacts")),
+                owner.token.clone(),
+            );
+            tasks.push(tokio::spawn(async move {
+            let resp = client
+                .post(url)
+                .bearer_auth(token)
+                .json(&json!({ "emails": ["same@example.com"], "phones": [format!("+1415555{:04}", 1000 + i)] }))
+                .send()
+                .await
+                .unwrap();
+            resp.status().as_u16()
+        }));
+        }
+        for task in tasks {
+            let status = task.await.unwrap();
+            assert!(status == 200 || status == 201, "status {status}");
+        }
+        let (_, list) = app
+            .get(&format!("/api/v1/workspaces/{ws}/contacts"), &owner.token)
+            .await;
+        let data = list["data"].as_array().unwrap();
+        assert_eq!(data.len(), 1, "{list}");
+        assert_eq!(data[0]["emails"], json!(["same@example.com"]));
+        assert_eq!(data[0]["phones"].as_array().unwrap().len(), 16);
+    }
+);
