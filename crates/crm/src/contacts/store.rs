@@ -1262,9 +1262,6 @@ async fn merge_into(
         "INSERT INTO contact_tags (workspace_id, contact_id, tag, created_at)
          SELECT workspace_id, $1, tag, created_at FROM contact_tags WHERE workspace_id = $2 AND contact_id = $3
          ON CONFLICT (contact_id, tag) DO NOTHING",
-        "INSERT INTO deal_contacts (deal_id, contact_id, workspace_id)
-         SELECT deal_id, $1, workspace_id FROM deal_contacts WHERE workspace_id = $2 AND contact_id = $3
-         ON CONFLICT (deal_id, contact_id) DO NOTHING",
         "UPDATE notes SET contact_id = $1 WHERE workspace_id = $2 AND contact_id = $3",
         "UPDATE tasks SET contact_id = $1 WHERE workspace_id = $2 AND contact_id = $3",
         "UPDATE contact_merges SET survivor_id = $1 WHERE workspace_id = $2 AND survivor_id = $3",
@@ -1274,6 +1271,7 @@ async fn merge_into(
             .execute(conn).await.map(|_| ()))?;
     }
     timeline::reassign(tx, scope, loser, survivor).await?;
+    crate::deals::store::reassign_contact(tx, scope, loser, survivor).await?;
 
     let (a, b) = (Scalars::from(&keep), Scalars::from(&gone));
     let earlier = |x: &Option<Touch>, y: &Option<Touch>, want_earlier: bool| -> Option<Touch> {
