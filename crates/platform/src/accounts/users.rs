@@ -81,6 +81,12 @@ pub struct MyWorkspace {
 /// Lower-cases and trims an email and checks its shape (one `@`, something on each side, a dot
 /// in the domain). Deliverability is not our business here.
 pub fn normalize_email(raw: &str) -> Result<String, ApiError> {
+    normalize_email_field("email", raw)
+}
+
+/// [`normalize_email`] for an address in field `field` (the error names it and the value):
+/// trimmed and lower-cased, one `@`, a dotted domain, no spaces or list separators.
+pub fn normalize_email_field(field: &str, raw: &str) -> Result<String, ApiError> {
     let email = raw.trim().to_lowercase();
     let valid = email.len() <= 254
         && email.split_once('@').is_some_and(|(local, domain)| {
@@ -90,13 +96,15 @@ pub fn normalize_email(raw: &str) -> Result<String, ApiError> {
                 && !domain.ends_with('.')
                 && !domain.contains('@')
         })
-        && !email.chars().any(char::is_whitespace);
+        && !email
+            .chars()
+            .any(|c| c.is_whitespace() || c == ',' || c == ';');
     if valid {
         Ok(email)
     } else {
         Err(ApiError::invalid_field(
-            "email",
-            "`email` is not a valid email address.",
+            field,
+            format!("`{}` is not a valid email address.", raw.trim()),
         ))
     }
 }
