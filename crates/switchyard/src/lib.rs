@@ -147,6 +147,7 @@ fn background_work(state: &AppState) -> anyhow::Result<(JobRegistry, Arc<Consume
         state.config.tracking.allow_private_destinations,
     )?
     .install(&mut registry);
+    crm::import::Importer::new(state.db.clone()).install(&mut registry);
     let consumers = Arc::new(Consumers::new());
     consumers.install(&mut registry);
     Ok((registry, consumers))

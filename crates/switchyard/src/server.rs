@@ -146,6 +146,12 @@ fn api_router(app: &App) -> Router {
 /// Refuses a body whose declared length is over the limit before reading any of it. Bodies
 /// without a length are cut off by `DefaultBodyLimit` as they stream in.
 async fn refuse_oversized(State(max): State<usize>, req: Request, next: Next) -> Response {
+    // CSV uploads have their own, larger limit (their route's `DefaultBodyLimit`).
+    let max = if crm::import::is_upload(req.method(), req.uri().path()) {
+        max.max(crm::import::MAX_UPLOAD_BYTES)
+    } else {
+        max
+    };
     let declared = req
         .headers()
         .get(header::CONTENT_LENGTH)

@@ -148,6 +148,43 @@ async fn fixtures(app: &TestApp, owner_a: &User, ws_a: &str) -> BTreeMap<&'stati
         .await;
     assert_eq!(status, 201, "{segment}");
     ids.insert("segment_id", segment["id"].as_str().unwrap().to_owned());
+    // Activities: a note on the contact and the deal, a task for the member. Imports: a file
+    // uploaded but not started, so no worker changes it during the test.
+    let (status, note) = app
+        .post(
+            &format!("/api/v1/workspaces/{ws_a}/notes"),
+            &owner_a.token,
+            json!({ "contact_id": contact["contact"]["id"], "deal_id": deal["id"], "body": "Tenancy note" }),
+        )
+        .await;
+    assert_eq!(status, 201, "{note}");
+    ids.insert("note_id", note["id"].as_str().unwrap().to_owned());
+    let (status, task) = app
+        .post(
+            &format!("/api/v1/workspaces/{ws_a}/tasks"),
+            &owner_a.token,
+            json!({
+                "title": "Tenancy task", "contact_id": contact["contact"]["id"], "deal_id": deal["id"],
+                "assignee_id": member.id, "due_at": "2026-12-01T09:00:00Z",
+            }),
+        )
+        .await;
+    assert_eq!(status, 201, "{task}");
+    ids.insert("task_id", task["id"].as_str().unwrap().to_owned());
+    let upload = app
+        .client
+        .post(app.url(&format!(
+            "/api/v1/workspaces/{ws_a}/imports?file_name=tenancy.csv"
+        )))
+        .bearer_auth(&owner_a.token)
+        .header("content-type", "text/csv")
+        .body("Email,First name\ntenant-a@example.com,Ana\n")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(upload.status(), 201);
+    let import: Value = upload.json().await.unwrap();
+    ids.insert("import_id", import["id"].as_str().unwrap().to_owned());
 
     // A job far in the future, so no worker touches it during the test.
     let job = platform::jobs::NewJob::new("tenancy.fixture", json!({ "n": 1 }))
@@ -181,7 +218,20 @@ fn fill(path: &str, ids: &BTreeMap<&'static str, String>) -> String {
 async fn snapshot(app: &TestApp, token: &str, gets: &[String]) -> Vec<(String, u16, Value)> {
     let mut out = Vec::new();
     for path in gets {
-        let (status, mut body) = app.get(path, token).await;
+        // The CSV routes (contact export, import error report) are compared as text.
+        let (status, mut body) = if path.ends_with(".csv") {
+            let response = app
+                .client
+                .get(app.url(path))
+                .bearer_auth(token)
+                .send()
+                .await
+                .unwrap();
+            let status = response.status().as_u16();
+            (status, Value::String(response.text().await.unwrap()))
+        } else {
+            app.get(path, token).await
+        };
         // Reports echo their default window, which moves with the clock; the data must not.
         if let Some(object) = body.as_object_mut() {
             object.remove("from");

@@ -1,8 +1,0 @@
-//! (being written)
-
-use platform::AppState;
-use utoipa_axum::router::OpenApiRouter;
-
-pub fn routes() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new()
-}
