@@ -148,6 +148,7 @@ fn background_work(state: &AppState) -> anyhow::Result<(JobRegistry, Arc<Consume
     )?
     .install(&mut registry);
     crm::import::Importer::new(state.db.clone()).install(&mut registry);
+    crm::activities::due::install(&mut registry);
     let consumers = Arc::new(Consumers::new());
     consumers.install(&mut registry);
     Ok((registry, consumers))
@@ -160,6 +161,7 @@ async fn start_worker_role(
     background: &mut JoinSet<anyhow::Result<()>>,
 ) -> anyhow::Result<()> {
     platform::maintenance::ensure_schedule(&state.db).await?;
+    crm::activities::due::ensure_schedules(&state.db).await?;
     let (registry, consumers) = background_work(state)?;
     let worker = Worker::new(
         state.db.clone(),

@@ -5,6 +5,7 @@
 //! against a merged id lands on the survivor. What happens to one is recorded on the timeline of
 //! its contact and of every contact of its deal, and published to the outbox.
 
+pub mod due;
 pub mod notes;
 pub mod tasks;
 

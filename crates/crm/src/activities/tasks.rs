@@ -305,7 +305,8 @@ pub async fn update(db: &Db, scope: &Scope, id: TaskId, req: &TaskChange) -> Api
     };
     with_tx!(&mut tx, conn => sqlx::query(
         "UPDATE tasks SET title = $1, contact_id = $2, deal_id = $3, due_at = $4, assignee_id = $5,
-            done_at = $6, updated_at = $7
+            done_at = $6, updated_at = $7,
+            due_notified_at = CASE WHEN due_at IS NOT DISTINCT FROM $4 THEN due_notified_at ELSE NULL END
          WHERE workspace_id = $8 AND id = $9",
     ).bind(title.as_deref().unwrap_or(&current.title)).bind(contact_id).bind(deal_id)
      .bind(due.unwrap_or(current.due_at)).bind(req.assignee_id.unwrap_or(current.assignee_id))

@@ -703,3 +703,82 @@ backend_test!(
         assert_eq!((status, still["title"].as_str()), (200, Some("secret")));
     }
 );
+
+backend_test!(overdue_tasks_are_announced_once, |app| async move {
+    let owner = app.signup("due@example.com").await;
+    let ws = app.workspace(&owner, "Due").await;
+    let base = format!("/api/v1/workspaces/{ws}");
+    let (status, task) = app
+        .post(
+            &format!("{base}/tasks"),
+            &owner.token,
+            json!({ "title": "Call back", "due_at": "2026-01-01T09:00:00Z" }),
+        )
+        .await;
+    assert_eq!(status, 201, "{task}");
+    let (status, later) = app
+        .post(
+            &format!("{base}/tasks"),
+            &owner.token,
+            json!({ "title": "Later", "due_at": "2099-01-01T09:00:00Z" }),
+        )
+        .await;
+    assert_eq!(status, 201, "{later}");
+    let due_events = || async {
+        platform::with_db!(&app.state.db, pool => sqlx::query_scalar::<_, String>(
+            "SELECT payload FROM outbox_events WHERE event_type = 'task.due'"
+        ).fetch_all(pool).await)
+        .unwrap()
+    };
+    // What the every-minute schedule runs: the overdue task is announced, once.
+    let now = platform::Timestamp::now();
+    assert_eq!(
+        crm::activities::due::notify_due(&app.state.db, now)
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        crm::activities::due::notify_due(&app.state.db, now)
+            .await
+            .unwrap(),
+        0
+    );
+    let events = due_events().await;
+    assert_eq!(events.len(), 1);
+    let event: Value = serde_json::from_str(&events[0]).unwrap();
+    assert_eq!(event["task_id"], task["id"]);
+    // A new due time is announced again when it passes; a done task never.
+    let task_id = task["id"].as_str().unwrap();
+    let (status, _) = app
+        .call(
+            reqwest::Method::PATCH,
+            &format!("{base}/tasks/{task_id}"),
+            Some(&owner.token),
+            Some(json!({ "due_at": "2026-02-01T09:00:00Z" })),
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        crm::activities::due::notify_due(&app.state.db, now)
+            .await
+            .unwrap(),
+        1
+    );
+    let (status, _) = app
+        .call(
+            reqwest::Method::PATCH,
+            &format!("{base}/tasks/{task_id}"),
+            Some(&owner.token),
+            Some(json!({ "due_at": "2026-03-01T09:00:00Z", "done": true })),
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        crm::activities::due::notify_due(&app.state.db, now)
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(due_events().await.len(), 2);
+});
