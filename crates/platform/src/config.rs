@@ -40,6 +40,37 @@ pub struct Config {
     /// A MaxMind-format (GeoIP2/GeoLite2 City) database for country/region/city; unset: no geo.
     pub geoip_database: Option<PathBuf>,
     pub tracking: TrackingConfig,
+    pub webhooks: WebhooksConfig,
+}
+
+/// Outbound signed webhooks (`connect::webhooks`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WebhooksConfig {
+    /// Delay before each delivery attempt of a message, in seconds (fractions allowed): the
+    /// first entry is the first attempt's, then one per retry. Default: Svix's schedule,
+    /// immediately, 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h.
+    pub retry_schedule_seconds: Vec<f64>,
+    /// An endpoint whose attempts have all failed for this long is disabled (default 5 days).
+    pub disable_after_seconds: u64,
+    /// Deliveries per second to one endpoint, per process (0: unlimited); the excess waits.
+    pub rate_limit_per_second: u32,
+    /// Let endpoints resolve to loopback or private addresses (tests, on-premises). Also
+    /// allowed when `tracking.allow_private_destinations` is on.
+    pub allow_private_destinations: bool,
+}
+
+impl Default for WebhooksConfig {
+    fn default() -> Self {
+        Self {
+            retry_schedule_seconds: vec![
+                0.0, 5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 36000.0,
+            ],
+            disable_after_seconds: 5 * 24 * 3600,
+            rate_limit_per_second: 100,
+            allow_private_destinations: false,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -135,6 +166,7 @@ impl Default for Config {
             analytics_url: None,
             geoip_database: None,
             tracking: TrackingConfig::default(),
+            webhooks: WebhooksConfig::default(),
         }
     }
 }
@@ -190,6 +222,7 @@ impl Config {
         "analytics_url",
         "geoip_database",
         "tracking",
+        "webhooks",
     ];
 
     /// Checks what serde cannot: formats, ranges and cross-field rules.
@@ -270,6 +303,21 @@ impl Config {
         }
         if self.auth.login_attempts_per_minute == 0 {
             return Err(err("auth.login_attempts_per_minute", "must be at least 1"));
+        }
+        let schedule = &self.webhooks.retry_schedule_seconds;
+        if schedule.is_empty()
+            || schedule.len() > 50
+            || schedule
+                .iter()
+                .any(|s| !s.is_finite() || *s < 0.0 || *s > 7.0 * 86400.0)
+        {
+            return Err(err(
+                "webhooks.retry_schedule_seconds",
+                "expected 1 to 50 delays, each between 0 and 604800 seconds",
+            ));
+        }
+        if self.webhooks.disable_after_seconds == 0 {
+            return Err(err("webhooks.disable_after_seconds", "must be at least 1"));
         }
         Ok(())
     }

@@ -79,6 +79,7 @@ pub async fn open_database(config: &Config) -> anyhow::Result<Db> {
         &platform::MIGRATIONS,
         &tracking::MIGRATIONS,
         &crm::MIGRATIONS,
+        &connect::MIGRATIONS,
     ])
     .await
     .context("database migration failed")?;
@@ -141,15 +142,17 @@ pub async fn build(config: Config) -> anyhow::Result<App> {
 fn background_work(state: &AppState) -> anyhow::Result<(JobRegistry, Arc<Consumers>)> {
     let mut registry = JobRegistry::new();
     platform::maintenance::install(&mut registry);
+    crm::import::Importer::new(state.db.clone()).install(&mut registry);
+    crm::activities::due::install(&mut registry);
     forward::deliver::Sender::new(
         state.db.clone(),
         state.secrets.clone(),
         state.config.tracking.allow_private_destinations,
     )?
     .install(&mut registry);
-    crm::import::Importer::new(state.db.clone()).install(&mut registry);
-    crm::activities::due::install(&mut registry);
-    let consumers = Arc::new(Consumers::new());
+    let mut consumers = Consumers::new();
+    connect::webhooks::deliver::install(state, &mut registry, &mut consumers)?;
+    let consumers = Arc::new(consumers);
     consumers.install(&mut registry);
     Ok((registry, consumers))
 }
@@ -168,7 +171,11 @@ async fn start_worker_role(
         Arc::new(registry),
         state.config.jobs.clone(),
     )
-    .queues([platform::jobs::DEFAULT_QUEUE, "forwarding"])
+    .queues([
+        platform::jobs::DEFAULT_QUEUE,
+        "forwarding",
+        connect::webhooks::deliver::QUEUE,
+    ])
     .wakeup(state.jobs_wakeup.clone());
     let token = shutdown.clone();
     background.spawn(async move {

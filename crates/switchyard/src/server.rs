@@ -48,6 +48,7 @@ const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
         (name = "deals", description = "Pipelines, stages, deals, board"),
         (name = "activities", description = "Notes and tasks"),
         (name = "imports", description = "CSV import and export of contacts"),
+        (name = "webhooks", description = "Outbound signed webhooks (Standard Webhooks): endpoints, messages, attempts"),
     )
 )]
 struct ApiDoc;
@@ -61,6 +62,7 @@ fn api_routes() -> OpenApiRouter<AppState> {
         .merge(tracking::analytics::routes::routes())
         .merge(tracking::forward::routes::routes())
         .merge(crm::routes())
+        .merge(connect::webhooks::routes::routes())
 }
 
 /// The OpenAPI document, as served at `/api/openapi.json`.

@@ -21,4 +21,5 @@ mod segment_client;
 mod sites;
 mod support;
 mod tenancy;
+mod webhooks;
 mod workspaces;

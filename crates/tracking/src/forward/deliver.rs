@@ -3,21 +3,19 @@
 //!
 //! Transient failures (network, timeouts, 429, 5xx) are retried by the job queue with backoff
 //! (honouring `Retry-After`); other 4xx answers are permanent and the job dies with the answer
-//! kept. Destinations are user-supplied URLs, so addresses are checked before each call:
-//! loopback, private, link-local and similar ranges are refused unless the deployment allows
-//! them (`tracking.allow_private_destinations`, for tests and on-premises setups). The check
-//! resolves the name itself before the request; a DNS answer that changes between the two is
-//! not caught (noted for the SSRF-safe client the platform will share).
+//! kept. Destinations are user-supplied URLs, so they go through `connect::ssrf`: checked
+//! before each call, and called with its guarded client (no redirects, private addresses left
+//! out of every DNS answer): loopback, private, link-local and similar ranges are refused
+//! unless the deployment allows them (`tracking.allow_private_destinations`, for tests and
+//! on-premises setups). HTTP destinations are signed by `connect::standard_webhooks`.
 
 use std::collections::HashMap;
-use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use base64::Engine;
-use base64::engine::general_purpose::STANDARD;
+use connect::ssrf;
+use connect::standard_webhooks::{self, Secret};
 use futures::future::BoxFuture;
-use hmac::{Hmac, Mac};
 use platform::db::Db;
 use platform::id::WorkspaceId;
 use platform::jobs::{JobContext, JobError, JobHandler, JobRegistry, NewJob};
@@ -25,7 +23,6 @@ use platform::secret_box::SecretBox;
 use platform::{Timestamp, with_db};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
-use sha2::Sha256;
 
 use super::{COLUMNS, DestinationId, DestinationKind, DestinationRow};
 use crate::gateway::LogRecord;
@@ -105,10 +102,7 @@ pub struct Sender {
 
 impl Sender {
     pub fn new(db: Db, secrets: SecretBox, allow_private: bool) -> anyhow::Result<Sender> {
-        let http = reqwest::Client::builder()
-            .timeout(TIMEOUT)
-            .redirect(reqwest::redirect::Policy::none())
-            .build()?;
+        let http = ssrf::client(TIMEOUT, allow_private)?;
         Ok(Sender {
             db,
             secrets,
@@ -233,50 +227,16 @@ impl JobHandler for Sender {
     }
 }
 
-/// Refuses addresses a user-supplied URL must not reach unless allowed.
+/// Refuses addresses a user-supplied URL must not reach unless allowed: refusals are
+/// permanent, DNS failures are retried.
 async fn check_address(url: &str, allow_private: bool) -> Result<(), JobError> {
-    if allow_private {
-        return Ok(());
-    }
-    let parsed = reqwest::Url::parse(url).map_err(JobError::permanent)?;
-    let host = parsed.host_str().unwrap_or_default().to_owned();
-    let port = parsed.port_or_known_default().unwrap_or(443);
-    let addresses = tokio::net::lookup_host((host.as_str(), port))
-        .await
-        .map_err(|e| JobError::retry(anyhow::anyhow!("cannot resolve {host}: {e}")))?;
-    for address in addresses {
-        if is_private(address.ip()) {
-            return Err(JobError::permanent(anyhow::anyhow!(
-                "{host} resolves to a private or local address ({}); refused",
-                address.ip()
-            )));
+    ssrf::check_url(url, allow_private).await.map_err(|e| {
+        if e.is_refusal() {
+            JobError::permanent(e)
+        } else {
+            JobError::retry(e)
         }
-    }
-    Ok(())
-}
-
-fn is_private(ip: IpAddr) -> bool {
-    match ip {
-        IpAddr::V4(v4) => {
-            v4.is_loopback()
-                || v4.is_private()
-                || v4.is_link_local()
-                || v4.is_unspecified()
-                || v4.is_broadcast()
-                || v4.is_multicast()
-                || v4.octets()[0] == 100 && (64..128).contains(&v4.octets()[1])
-        }
-        IpAddr::V6(v6) => {
-            v6.is_loopback()
-                || v6.is_unspecified()
-                || v6.is_multicast()
-                || (v6.segments()[0] & 0xfe00) == 0xfc00
-                || (v6.segments()[0] & 0xffc0) == 0xfe80
-                || v6
-                    .to_ipv4_mapped()
-                    .is_some_and(|v4| is_private(IpAddr::V4(v4)))
-        }
-    }
+    })
 }
 
 /// The original request, replayed to the tagging server: method, path, query, body, the
@@ -380,76 +340,27 @@ fn signed(
 ) -> Result<reqwest::RequestBuilder, JobError> {
     let body = serde_json::to_vec(record).map_err(JobError::permanent)?;
     let id = record.id.to_string();
-    let timestamp = Timestamp::now().as_datetime().timestamp().to_string();
-    let signature = sign(secret, &id, &timestamp, &body).map_err(JobError::permanent)?;
+    let timestamp = Timestamp::now().as_datetime().timestamp();
+    let secret = Secret::parse(secret).map_err(JobError::permanent)?;
+    let signature = standard_webhooks::sign([&secret], &id, timestamp, &body);
     Ok(http
         .post(url)
         .header("content-type", "application/json")
         .header("webhook-id", id)
-        .header("webhook-timestamp", timestamp)
+        .header("webhook-timestamp", timestamp.to_string())
         .header("webhook-signature", signature)
         .body(body))
 }
 
+/// `webhook-signature` for one secret's text and a timestamp header; kept for callers of
+/// this path, the signing is `connect::standard_webhooks`.
 pub fn sign(secret: &str, id: &str, timestamp: &str, body: &[u8]) -> anyhow::Result<String> {
-    let key = STANDARD.decode(secret.strip_prefix("whsec_").unwrap_or(secret))?;
-    let mut mac = Hmac::<Sha256>::new_from_slice(&key)?;
-    mac.update(format!("{id}.{timestamp}.").as_bytes());
-    mac.update(body);
-    Ok(format!(
-        "v1,{}",
-        STANDARD.encode(mac.finalize().into_bytes())
-    ))
+    let secret = Secret::parse(secret)?;
+    let timestamp: i64 = timestamp.parse()?;
+    Ok(standard_webhooks::sign([&secret], id, timestamp, body))
 }
 
 /// Shares the enqueuer as an `Arc` for the consumer loop.
 pub fn enqueuer(db: Db) -> Arc<Enqueuer> {
     Arc::new(Enqueuer { db })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn signatures_match_the_standard_webhooks_vector() {
-        // The test vector of PROTOCOLS.md §8 (Standard Webhooks' own).
-        let sig = sign(
-            "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
-            "msg_p5jXN8AQM9LWM0D4loKWxJek",
-            "1614265330",
-            br#"{"test": 2432232314}"#,
-        )
-        .unwrap();
-        assert_eq!(sig, "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=");
-        let sig = sign(
-            "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD",
-            "msg_27UH4WbU6Z5A5EzD8u03UvzRbpk",
-            "1649367553",
-            br#"{"email":"test@example.com","username":"test_user"}"#,
-        )
-        .unwrap();
-        assert_eq!(sig, "v1,tZ1I4/hDygAJgO5TYxiSd6Sd0kDW6hPenDe+bTa3Kkw=");
-    }
-
-    #[test]
-    fn private_addresses_are_recognised() {
-        for ip in [
-            "127.0.0.1",
-            "10.1.2.3",
-            "192.168.1.1",
-            "172.16.0.1",
-            "169.254.169.254",
-            "100.64.0.1",
-            "::1",
-            "fc00::1",
-            "fe80::1",
-            "::ffff:127.0.0.1",
-        ] {
-            assert!(is_private(ip.parse().unwrap()), "{ip}");
-        }
-        for ip in ["81.2.69.142", "2001:218::1", "8.8.8.8"] {
-            assert!(!is_private(ip.parse().unwrap()), "{ip}");
-        }
-    }
 }
