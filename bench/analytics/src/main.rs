@@ -495,6 +495,7 @@ async fn hand_written(
                 events,
                 bounce_rate,
                 avg_session_seconds,
+                visitors_estimated: false,
             }))
         }
     };

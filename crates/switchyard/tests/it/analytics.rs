@@ -83,13 +83,40 @@ async fn gateway_to_dashboard_clickhouse() {
     }
 }
 
+/// The embedded store answering from its rollups (`exact_below=0`: even six events).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_to_dashboard_from_rollups_sqlite() {
+    gateway_to_dashboard(Backend::Sqlite, Some(ROLLED_UP.into())).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_to_dashboard_from_rollups_postgres() {
+    gateway_to_dashboard(Backend::Postgres, Some(ROLLED_UP.into())).await;
+}
+
+/// Marks an embedded analytics store that reads rollups whenever they can answer.
+const ROLLED_UP: &str = "rollups";
+
+/// `c.analytics_url` for `analytics_url` ([`ROLLED_UP`]: the embedded store in the data
+/// directory, rollups always).
+fn analytics_url(c: &platform::config::Config, analytics_url: Option<String>) -> Option<String> {
+    match analytics_url.as_deref() {
+        Some(ROLLED_UP) => Some(format!(
+            "sqlite://{}?exact_below=0",
+            c.data_dir.join("analytics.db").display()
+        )),
+        _ => analytics_url,
+    }
+}
+
 /// `analytics_url`: where analytics are stored (`None`: the embedded SQLite file).
 async fn gateway_to_dashboard(backend: Backend, analytics_url: Option<String>) {
     let geo = geo_db();
+    let rolled_up = analytics_url.as_deref() == Some(ROLLED_UP);
     let Some(app) = TestApp::spawn_with(backend, |c| {
         c.tracking.trust_forwarded_for = true;
         c.geoip_database = Some(geo);
-        c.analytics_url = analytics_url.map(Into::into);
+        c.analytics_url = self::analytics_url(c, analytics_url).map(Into::into);
     })
     .await
     else {
@@ -162,6 +189,9 @@ async fn gateway_to_dashboard(backend: Backend, analytics_url: Option<String>) {
     assert_eq!(current["sessions"], 3);
     assert_eq!(current["pageviews"], 4);
     assert_eq!(current["events"], 6);
+    // Six events: exact counting unless the store was told to read rollups regardless (then the
+    // sketch is exact at this size, but the response must still say it is an estimate).
+    assert_eq!(current["visitors_estimated"], rolled_up, "{summary}");
     // B bounced (one page, not engaged); A engaged; C saw one page but purchased… and was not
     // marked engaged, so it bounces by GA4's definition too: 2 of 3.
     let bounce = current["bounce_rate"].as_f64().unwrap();
@@ -171,6 +201,7 @@ async fn gateway_to_dashboard(backend: Backend, analytics_url: Option<String>) {
     let pages = get(&app, &owner, &format!("{base}/breakdown?dimension=page")).await;
     assert_eq!(pages["rows"][0]["value"], "/", "{pages}");
     assert_eq!(pages["rows"][0]["visitors"], 2);
+    assert_eq!(pages["rows"][0]["visitors_estimated"], rolled_up);
     let channels = get(&app, &owner, &format!("{base}/breakdown?dimension=channel")).await;
     let channel_of = |name: &str| {
         channels["rows"]
@@ -234,6 +265,21 @@ async fn gateway_to_dashboard(backend: Backend, analytics_url: Option<String>) {
         .map(|p| p["events"].as_i64().unwrap())
         .sum();
     assert_eq!(total, 6, "{series}");
+    let sessions: i64 = series
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["sessions"].as_i64().unwrap())
+        .sum();
+    assert_eq!(sessions, 3, "{series}");
+    assert!(
+        series
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|p| p["visitors_estimated"] == rolled_up),
+        "{series}"
+    );
     let realtime = get(&app, &owner, &format!("{base}/realtime")).await;
     assert_eq!(realtime["visitors"], 3);
 
@@ -278,6 +324,12 @@ async fn redelivering_the_whole_log_adds_nothing() {
     redelivering_the_whole_log(None).await;
 }
 
+/// Rollups count a redelivered hit once too.
+#[tokio::test]
+async fn redelivering_the_whole_log_adds_nothing_to_rollups() {
+    redelivering_the_whole_log(Some(ROLLED_UP.into())).await;
+}
+
 #[tokio::test]
 async fn redelivering_the_whole_log_adds_nothing_clickhouse() {
     if let Some(url) = clickhouse_analytics_url() {
@@ -286,8 +338,9 @@ async fn redelivering_the_whole_log_adds_nothing_clickhouse() {
 }
 
 async fn redelivering_the_whole_log(analytics_url: Option<String>) {
+    let rolled_up = analytics_url.as_deref() == Some(ROLLED_UP);
     let app = TestApp::spawn_with(Backend::Sqlite, |c| {
-        c.analytics_url = analytics_url.map(Into::into)
+        c.analytics_url = self::analytics_url(c, analytics_url).map(Into::into)
     })
     .await
     .expect("SQLite is always available");
@@ -325,4 +378,7 @@ async fn redelivering_the_whole_log(analytics_url: Option<String>) {
     let summary = get(&app, &owner, &format!("{base}/summary")).await;
     assert_eq!(summary["current"]["events"], 10);
     assert_eq!(summary["current"]["sessions"], 5);
+    assert_eq!(summary["current"]["visitors"], 5);
+    assert_eq!(summary["current"]["pageviews"], 5);
+    assert_eq!(summary["current"]["visitors_estimated"], rolled_up);
 }

@@ -569,6 +569,7 @@ impl AnalyticsStore for ClickHouseAnalytics {
                     .avg_session_seconds
                     .filter(|v| v.is_finite())
                     .unwrap_or(0.0),
+                visitors_estimated: false,
             })
         }
         .boxed()
@@ -610,6 +611,7 @@ impl AnalyticsStore for ClickHouseAnalytics {
                         sessions: row.totals.sessions,
                         pageviews: row.totals.pageviews,
                         events: row.totals.events,
+                        visitors_estimated: false,
                     });
                 }
             }
@@ -644,6 +646,7 @@ impl AnalyticsStore for ClickHouseAnalytics {
                     value: r.dim,
                     visitors: r.visitors,
                     events: r.events,
+                    visitors_estimated: false,
                 })
                 .collect())
         }

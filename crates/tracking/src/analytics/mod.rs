@@ -6,7 +6,9 @@
 //! of its own (`analytics.db`); at scale, ClickHouse ([`clickhouse`]) behind the same trait.
 
 pub mod clickhouse;
+pub mod hll;
 pub mod query;
+pub mod rollup;
 pub mod routes;
 pub mod sqlite;
 
@@ -102,9 +104,19 @@ pub trait AnalyticsStore: Send + Sync + 'static {
 /// Opens the analytics store named by `url`: `sqlite://PATH`, or ClickHouse's HTTP interface as
 /// `http(s)://[user:pass@]host:8123/?database=NAME` (see [`clickhouse`]).
 pub async fn open(url: &str) -> anyhow::Result<std::sync::Arc<dyn AnalyticsStore>> {
-    if let Some(path) = url.strip_prefix("sqlite://") {
+    if let Some(rest) = url.strip_prefix("sqlite://") {
+        // `sqlite://PATH[?exact_below=N]`: see `sqlite::DEFAULT_EXACT_BELOW`.
+        let (path, exact_below) = match rest.split_once("?exact_below=") {
+            Some((path, n)) => (
+                path,
+                n.parse().map_err(|_| {
+                    anyhow::anyhow!("`exact_below` in the analytics URL must be a number")
+                })?,
+            ),
+            None => (rest, sqlite::DEFAULT_EXACT_BELOW),
+        };
         return Ok(std::sync::Arc::new(
-            sqlite::SqliteAnalytics::open(std::path::Path::new(path)).await?,
+            sqlite::SqliteAnalytics::open_with(std::path::Path::new(path), exact_below).await?,
         ));
     }
     if url.starts_with("http://") || url.starts_with("https://") {

@@ -141,6 +141,10 @@ pub struct Summary {
     pub bounce_rate: f64,
     /// Average time between a session's first and last event, in seconds.
     pub avg_session_seconds: f64,
+    /// `visitors` is a HyperLogLog estimate (standard error 1.6 %), read from rollups; session
+    /// figures then count the sessions that started in the range. Otherwise everything is exact.
+    #[serde(default)]
+    pub visitors_estimated: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
@@ -151,6 +155,8 @@ pub struct TimeseriesPoint {
     pub sessions: i64,
     pub pageviews: i64,
     pub events: i64,
+    /// As in [`Summary::visitors_estimated`]; estimated buckets count sessions where they started.
+    pub visitors_estimated: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
@@ -159,6 +165,8 @@ pub struct BreakdownRow {
     pub value: Option<String>,
     pub visitors: i64,
     pub events: i64,
+    /// `visitors` is a HyperLogLog estimate (standard error 1.6 %), read from rollups.
+    pub visitors_estimated: bool,
 }
 
 #[derive(Debug, Clone, Serialize, ToSchema)]

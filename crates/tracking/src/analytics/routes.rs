@@ -1,7 +1,10 @@
 //! The analytics API: `/api/v1/workspaces/{workspace_id}/sites/{site_id}/analytics/…`.
 //!
 //! Common query parameters: `from`, `to` (RFC 3339 instants or `YYYY-MM-DD` days in the site's
-//! zone; default the last 30 days) and any number of `filter=dimension:is|is_not|contains:value`.
+//! zone; default the 30 days up to the next whole hour) and any number of
+//! `filter=dimension:is|is_not|contains:value`. Unfiltered figures over long ranges come from
+//! rollups in the embedded store; a response says when its visitor counts are estimates
+//! (`visitors_estimated`).
 
 use std::sync::Arc;
 
@@ -89,7 +92,12 @@ async fn prepare(
     let now = Timestamp::now();
     let to = match param(&params, "to") {
         Some(text) => instant("to", text, zone, true)?,
-        None => now,
+        // The next whole hour: nothing is stored after now, and a range of whole hours is one
+        // the rollups can answer (see `super::rollup`).
+        None => {
+            let hour = super::rollup::HOUR_MS;
+            Timestamp::from_millis((now.as_millis().div_euclid(hour) + 1) * hour)
+        }
     };
     let from = match param(&params, "from") {
         Some(text) => instant("from", text, zone, false)?,
