@@ -113,6 +113,9 @@ fn analytics_url(c: &platform::config::Config, analytics_url: Option<String>) ->
 async fn gateway_to_dashboard(backend: Backend, analytics_url: Option<String>) {
     let geo = geo_db();
     let rolled_up = analytics_url.as_deref() == Some(ROLLED_UP);
+    let clickhouse = analytics_url
+        .as_deref()
+        .is_some_and(|u| u.starts_with("http"));
     let Some(app) = TestApp::spawn_with(backend, |c| {
         c.tracking.trust_forwarded_for = true;
         c.geoip_database = Some(geo);
@@ -283,6 +286,20 @@ async fn gateway_to_dashboard(backend: Backend, analytics_url: Option<String>) {
     let realtime = get(&app, &owner, &format!("{base}/realtime")).await;
     assert_eq!(realtime["visitors"], 3);
 
+    if clickhouse {
+        for path in [
+            format!("{base}/breakdown?dimension=entry_page"),
+            format!("{base}/summary?filter=exit_page:is:/"),
+            format!("{base}/funnel?step=page:/&step=page:/pricing"),
+        ] {
+            let (status, err) = app.get(&path, &owner.token).await;
+            assert_eq!(status, 400, "{path}");
+            assert_eq!(err["error"]["code"], "unsupported_by_store", "{path}");
+        }
+    } else {
+        entry_exit_and_funnels(&app, &owner, &base).await;
+    }
+
     let first = get(&app, &owner, &format!("{base}/events?limit=4")).await;
     assert_eq!(first["data"].as_array().unwrap().len(), 4);
     let cursor = first["next_cursor"].as_str().unwrap();
@@ -316,6 +333,113 @@ async fn gateway_to_dashboard(backend: Backend, analytics_url: Option<String>) {
         let (status, err) = app.get(&path, &owner.token).await;
         assert_eq!(status, 400, "{path}");
         assert_eq!(err["error"]["code"], code, "{path}");
+    }
+}
+
+/// Entry and exit pages (each event carries its session's first and last page view) and
+/// funnels, over the three visitors of `gateway_to_dashboard`: A `/` → `/pricing` (engaged),
+/// B `/`, C `/checkout` then a purchase with coupon WINTER.
+async fn entry_exit_and_funnels(app: &TestApp, owner: &User, base: &str) {
+    let rows = |v: &Value| -> Vec<(Value, i64, i64)> {
+        v["rows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                (
+                    r["value"].clone(),
+                    r["visitors"].as_i64().unwrap(),
+                    r["events"].as_i64().unwrap(),
+                )
+            })
+            .collect()
+    };
+    let entry = get(
+        app,
+        owner,
+        &format!("{base}/breakdown?dimension=entry_page"),
+    )
+    .await;
+    assert_eq!(
+        rows(&entry),
+        vec![("/".into(), 2, 4), ("/checkout".into(), 1, 2)],
+        "{entry}"
+    );
+    let exit = get(app, owner, &format!("{base}/breakdown?dimension=exit_page")).await;
+    assert_eq!(
+        rows(&exit),
+        vec![
+            ("/pricing".into(), 1, 3),
+            ("/checkout".into(), 1, 2),
+            ("/".into(), 1, 1)
+        ],
+        "{exit}"
+    );
+    let entered_home = get(
+        app,
+        owner,
+        &format!("{base}/summary?filter=entry_page:is:/"),
+    )
+    .await;
+    assert_eq!(entered_home["current"]["visitors"], 2, "{entered_home}");
+    assert_eq!(entered_home["current"]["events"], 4);
+    let left_elsewhere = get(
+        app,
+        owner,
+        &format!("{base}/breakdown?dimension=page&filter=exit_page:is_not:/pricing"),
+    )
+    .await;
+    assert_eq!(
+        rows(&left_elsewhere),
+        vec![("/checkout".into(), 1, 2), ("/".into(), 1, 1)],
+        "{left_elsewhere}"
+    );
+
+    let funnel = |steps: &str| format!("{base}/funnel?{steps}");
+    let f = get(
+        app,
+        owner,
+        &funnel("step=page:/&step=page:/pricing&step=event:purchase"),
+    )
+    .await;
+    let visitors: Vec<i64> = f["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["visitors"].as_i64().unwrap())
+        .collect();
+    assert_eq!(visitors, vec![2, 1, 0], "{f}");
+    assert_eq!(f["steps"][1]["step"], "page:/pricing");
+    assert_eq!(f["steps"][1]["conversion"], 0.5);
+    assert_eq!(f["steps"][2]["from_previous"], 0.0);
+    assert_eq!(f["window_seconds"], 86_400);
+    let bought = get(
+        app,
+        owner,
+        &funnel("step=page:/checkout&step=event:purchase:coupon=WINTER&window=60"),
+    )
+    .await;
+    assert_eq!(bought["steps"][1]["visitors"], 1, "{bought}");
+    assert_eq!(bought["steps"][1]["conversion"], 1.0);
+    let other_coupon = get(
+        app,
+        owner,
+        &funnel("step=page:/checkout&step=event:purchase:coupon=SUMMER"),
+    )
+    .await;
+    assert_eq!(other_coupon["steps"][1]["visitors"], 0, "{other_coupon}");
+    // Out of order does not count: nobody saw /pricing before /.
+    let backwards = get(app, owner, &funnel("step=page:/pricing&step=page:/")).await;
+    assert_eq!(backwards["steps"][0]["visitors"], 1, "{backwards}");
+    assert_eq!(backwards["steps"][1]["visitors"], 0, "{backwards}");
+    for path in [
+        funnel("step=page:/"),
+        funnel("step=page:/&step=click:x"),
+        funnel("step=page:/&step=page:/a&window=0"),
+    ] {
+        let (status, err) = app.get(&path, &owner.token).await;
+        assert_eq!(status, 400, "{path}");
+        assert_eq!(err["error"]["code"], "invalid_funnel", "{path}");
     }
 }
 

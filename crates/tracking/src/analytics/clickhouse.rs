@@ -267,6 +267,8 @@ fn column_sql(dimension: &Dimension) -> String {
             let name = quote(name);
             format!("if(has(param_keys, {name}), param_values[indexOf(param_keys, {name})], NULL)")
         }
+        // Refused before a query is built: see `supports_sessions`.
+        Dimension::Session(_) => "NULL".to_owned(),
     }
 }
 
@@ -493,6 +495,24 @@ const TOTALS: &str = "uniqExact(visitor) AS visitors, uniqExact(session) AS sess
     uniqExactIf(hit_id, event_name = 'page_view') AS pageviews, uniqExact(hit_id) AS events";
 
 impl AnalyticsStore for ClickHouseAnalytics {
+    /// Not built yet on ClickHouse: entry/exit pages and funnels are answered by the embedded
+    /// store only (the API refuses them with `unsupported_by_store`).
+    fn supports_sessions(&self) -> bool {
+        false
+    }
+
+    fn funnel<'a>(
+        &'a self,
+        _: &'a Query,
+        _: &'a [super::FunnelStep],
+        _: i64,
+    ) -> BoxFuture<'a, anyhow::Result<Vec<i64>>> {
+        futures::future::ready(Err(anyhow::anyhow!(
+            "funnels are not supported on the ClickHouse store"
+        )))
+        .boxed()
+    }
+
     fn insert<'a>(&'a self, events: &'a [AnalyticsEvent]) -> BoxFuture<'a, anyhow::Result<()>> {
         async move {
             for chunk in events.chunks(ROWS_PER_INSERT) {

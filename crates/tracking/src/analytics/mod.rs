@@ -21,7 +21,8 @@ use crate::HitId;
 use crate::sites::SiteId;
 
 pub use query::{
-    Breakdown, BreakdownRow, Dimension, Filter, Interval, Query, Summary, TimeseriesPoint,
+    Breakdown, BreakdownRow, Dimension, Filter, FunnelStep, Interval, Query, Summary,
+    TimeseriesPoint,
 };
 
 /// One enriched hit, flat, as dashboards read it.
@@ -91,6 +92,20 @@ pub trait AnalyticsStore: Send + Sync + 'static {
         dimension: &'a Dimension,
         limit: u32,
     ) -> BoxFuture<'a, anyhow::Result<Vec<BreakdownRow>>>;
+
+    /// Whether session dimensions (entry/exit page) and funnels are available.
+    fn supports_sessions(&self) -> bool {
+        true
+    }
+
+    /// Visitors reaching each of `steps` in order within `window_seconds` of the first (see
+    /// [`query::funnel_level`]).
+    fn funnel<'a>(
+        &'a self,
+        query: &'a Query,
+        steps: &'a [FunnelStep],
+        window_seconds: i64,
+    ) -> BoxFuture<'a, anyhow::Result<Vec<i64>>>;
 
     /// Raw events, newest first, after `before` (exclusive) when given.
     fn events<'a>(

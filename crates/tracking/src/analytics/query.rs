@@ -17,7 +17,15 @@ pub enum Dimension {
     Column(&'static str),
     /// An event parameter, by name (`param:coupon`).
     Param(String),
+    /// A property of the event's session (the name is one of [`SESSION_COLUMNS`]): every event
+    /// of a session that entered at `/pricing` has `entry_page` `/pricing`.
+    Session(&'static str),
 }
+
+/// Public session dimension names and the session columns they read: the path of the session's
+/// first and last page view.
+pub const SESSION_COLUMNS: &[(&str, &str)] =
+    &[("entry_page", "entry_page"), ("exit_page", "exit_page")];
 
 /// Public dimension names and the columns they read.
 pub const COLUMNS: &[(&str, &str)] = &[
@@ -57,12 +65,19 @@ impl Dimension {
                 ))
             };
         }
+        if let Some((_, column)) = SESSION_COLUMNS.iter().find(|(public, _)| *public == name) {
+            return Ok(Dimension::Session(column));
+        }
         COLUMNS
             .iter()
             .find(|(public, _)| *public == name)
             .map(|(_, column)| Dimension::Column(column))
             .ok_or_else(|| {
-                let names: Vec<&str> = COLUMNS.iter().map(|(p, _)| *p).collect();
+                let names: Vec<&str> = COLUMNS
+                    .iter()
+                    .chain(SESSION_COLUMNS)
+                    .map(|(p, _)| *p)
+                    .collect();
                 ApiError::bad_request(
                     "invalid_dimension",
                     format!(
@@ -258,6 +273,112 @@ fn midnight(date: NaiveDate, zone: Tz) -> DateTime<Utc> {
         .unwrap_or_else(|| Utc.from_utc_datetime(&naive))
 }
 
+/// One step of a funnel: a page view of a path, or an event by name, optionally with one
+/// parameter equal to a value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FunnelStep {
+    Page(String),
+    Event {
+        name: String,
+        param: Option<(String, String)>,
+    },
+}
+
+impl FunnelStep {
+    /// `page:/pricing`, `event:purchase` or `event:purchase:coupon=WINTER`.
+    pub fn parse(text: &str) -> Result<FunnelStep, ApiError> {
+        let bad = || {
+            ApiError::bad_request(
+                "invalid_funnel",
+                format!(
+                    "`{text}` is not `page:<path>`, `event:<name>` or `event:<name>:<param>=<value>`."
+                ),
+            )
+        };
+        if let Some(path) = text.strip_prefix("page:") {
+            return if path.is_empty() {
+                Err(bad())
+            } else {
+                Ok(FunnelStep::Page(path.to_owned()))
+            };
+        }
+        let rest = text.strip_prefix("event:").ok_or_else(bad)?;
+        let (name, param) = match rest.split_once(':') {
+            None => (rest, None),
+            Some((name, condition)) => {
+                let (param, value) = condition.split_once('=').ok_or_else(bad)?;
+                let ok = !param.is_empty()
+                    && param.len() <= 40
+                    && param
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'_');
+                if !ok {
+                    return Err(bad());
+                }
+                (name, Some((param.to_owned(), value.to_owned())))
+            }
+        };
+        if name.is_empty() {
+            return Err(bad());
+        }
+        Ok(FunnelStep::Event {
+            name: name.to_owned(),
+            param,
+        })
+    }
+}
+
+/// Visitors reaching each step of a funnel, in order, within `window_seconds` of their first
+/// step: ClickHouse's `windowFunnel` in its default mode, over `(second, matched steps)` of one
+/// visitor's events in time order. For each event and each step it matches (in step order): step
+/// 1 starts a chain at that second; step k continues the chain that reached step k − 1 if the
+/// event is at most `window_seconds` after that chain's start. Returns the deepest step reached
+/// (0: none).
+pub fn funnel_level(
+    events: impl IntoIterator<Item = (i64, Vec<bool>)>,
+    steps: usize,
+    window_seconds: i64,
+) -> usize {
+    // Per step reached, the start of the chain that reached it.
+    let mut started: Vec<Option<i64>> = vec![None; steps];
+    for (second, matched) in events {
+        for (step, hit) in matched.iter().enumerate().take(steps) {
+            if !hit {
+                continue;
+            }
+            if step == 0 {
+                started[0] = Some(second);
+            } else if let Some(start) = started[step - 1]
+                && second <= start + window_seconds
+            {
+                started[step] = Some(start);
+                if step + 1 == steps {
+                    return steps;
+                }
+            }
+        }
+    }
+    started.iter().take_while(|s| s.is_some()).count()
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+pub struct FunnelStepResult {
+    /// The step as given (`page:/pricing`, `event:purchase:coupon=WINTER`).
+    pub step: String,
+    /// Visitors who reached this step (in order, within the window).
+    pub visitors: i64,
+    /// Share of the first step's visitors (0 to 1).
+    pub conversion: f64,
+    /// Share of the previous step's visitors (0 to 1; 1 for the first step).
+    pub from_previous: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+pub struct Funnel {
+    pub window_seconds: i64,
+    pub steps: Vec<FunnelStepResult>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -294,6 +415,57 @@ mod tests {
         );
         assert!(Filter::parse("country:equals:GB").is_err());
         assert!(Filter::parse("nonsense").is_err());
+    }
+
+    #[test]
+    fn funnel_steps_parse_and_levels_follow_window_funnel() {
+        assert_eq!(
+            FunnelStep::parse("page:/pricing").unwrap(),
+            FunnelStep::Page("/pricing".into())
+        );
+        assert_eq!(
+            FunnelStep::parse("event:purchase:coupon=WINTER").unwrap(),
+            FunnelStep::Event {
+                name: "purchase".into(),
+                param: Some(("coupon".into(), "WINTER".into()))
+            }
+        );
+        for bad in ["page:", "event:", "click:x", "event:a:b", "event:a:b'c=1"] {
+            assert!(FunnelStep::parse(bad).is_err(), "{bad}");
+        }
+        let e = |t: i64, m: [bool; 3]| (t, m.to_vec());
+        // In order within the window.
+        let full = [
+            e(0, [true, false, false]),
+            e(5, [false, true, false]),
+            e(9, [false, false, true]),
+        ];
+        assert_eq!(funnel_level(full.clone(), 3, 10), 3);
+        assert_eq!(funnel_level(full, 3, 8), 2, "third step too late");
+        // Out of order: step 2 before step 1 does not count.
+        assert_eq!(
+            funnel_level(
+                [e(0, [false, true, false]), e(1, [true, false, false])],
+                3,
+                10
+            ),
+            1
+        );
+        // A later step-1 event restarts the chain without losing the earlier progress.
+        assert_eq!(
+            funnel_level(
+                [
+                    e(0, [true, false, false]),
+                    e(5, [false, true, false]),
+                    e(8, [true, false, false]),
+                    e(12, [false, false, true])
+                ],
+                3,
+                10
+            ),
+            2
+        );
+        assert_eq!(funnel_level(Vec::<(i64, Vec<bool>)>::new(), 3, 10), 0);
     }
 
     #[test]

@@ -26,7 +26,7 @@ use sqlx::sqlite::{
 };
 use sqlx::{Arguments, AssertSqlSafe, Row, SqlitePool};
 
-use super::query::{Dimension, FilterOp};
+use super::query::{Dimension, FilterOp, FunnelStep, funnel_level};
 use super::rollup::{ALL, Cell, dimension_code, key_value, whole_hours};
 use super::{AnalyticsEvent, AnalyticsStore, BreakdownRow, Query, Summary, TimeseriesPoint};
 use crate::HitId;
@@ -186,6 +186,16 @@ fn where_clause(
     Ok((sql, args))
 }
 
+/// The highest `?N` [`where_clause`] binds.
+fn placeholders_used(query: &Query) -> usize {
+    3 + query.filters.len()
+        + query
+            .filters
+            .iter()
+            .filter(|f| matches!(f.dimension, Dimension::Param(_)))
+            .count()
+}
+
 /// The SQL for a dimension: a whitelisted column, or a bound JSON path into `params`.
 fn column_sql(
     dimension: &Dimension,
@@ -200,6 +210,10 @@ fn column_sql(
                 .map_err(anyhow::Error::msg)?;
             format!("CAST(json_extract(params, ?{n}) AS TEXT)")
         }
+        // The session's row (primary-key lookup), exact whatever the range.
+        Dimension::Session(column) => format!(
+            "(SELECT s.{column} FROM sessions s WHERE s.site_id = events.site_id AND s.session = events.session)"
+        ),
     })
 }
 
@@ -410,6 +424,78 @@ impl AnalyticsStore for SqliteAnalytics {
             rows.iter()
                 .map(|r| Ok(BreakdownRow { value: r.try_get(0)?, visitors: r.try_get(1)?, events: r.try_get(2)?, visitors_estimated: false }))
                 .collect()
+        }
+        .boxed()
+    }
+
+    fn funnel<'a>(
+        &'a self,
+        query: &'a Query,
+        steps: &'a [FunnelStep],
+        window_seconds: i64,
+    ) -> BoxFuture<'a, anyhow::Result<Vec<i64>>> {
+        async move {
+            use futures::TryStreamExt;
+            let (filter, mut args) = where_clause(query, query.from, query.to)?;
+            let mut n = placeholders_used(query);
+            let mut conditions = Vec::with_capacity(steps.len());
+            for step in steps {
+                conditions.push(match step {
+                    FunnelStep::Page(path) => {
+                        n += 1;
+                        args.add(path.clone()).map_err(anyhow::Error::msg)?;
+                        format!("(event_name = 'page_view' AND page_path = ?{n})")
+                    }
+                    FunnelStep::Event { name, param } => {
+                        n += 1;
+                        args.add(name.clone()).map_err(anyhow::Error::msg)?;
+                        let mut condition = format!("(event_name = ?{n}");
+                        if let Some((param, value)) = param {
+                            args.add(format!("$.\"{param}\""))
+                                .map_err(anyhow::Error::msg)?;
+                            args.add(value.clone()).map_err(anyhow::Error::msg)?;
+                            condition.push_str(&format!(
+                                " AND CAST(json_extract(params, ?{}) AS TEXT) = ?{}",
+                                n + 1,
+                                n + 2
+                            ));
+                            n += 2;
+                        }
+                        condition.push(')');
+                        condition
+                    }
+                });
+            }
+            // One pass over the matching events of the range, visitor by visitor, in time order.
+            let sql = format!(
+                "SELECT visitor, ts / 1000, {} FROM events WHERE {filter} AND ({})
+                 ORDER BY visitor, ts, hit_id",
+                conditions.join(", "),
+                conditions.join(" OR ")
+            );
+            let mut rows = sqlx::query_with(AssertSqlSafe(sql), args).fetch(&self.pool);
+            let mut reached = vec![0i64; steps.len()];
+            let mut current: Option<String> = None;
+            let mut events: Vec<(i64, Vec<bool>)> = Vec::new();
+            let mut finish = |events: &mut Vec<(i64, Vec<bool>)>| {
+                let level = funnel_level(events.drain(..), steps.len(), window_seconds);
+                for count in reached.iter_mut().take(level) {
+                    *count += 1;
+                }
+            };
+            while let Some(row) = rows.try_next().await? {
+                let visitor: String = row.try_get(0)?;
+                if current.as_deref() != Some(visitor.as_str()) {
+                    finish(&mut events);
+                    current = Some(visitor);
+                }
+                let matched = (0..steps.len())
+                    .map(|i| row.try_get::<bool, _>(i + 2))
+                    .collect::<Result<Vec<_>, _>>()?;
+                events.push((row.try_get(1)?, matched));
+            }
+            finish(&mut events);
+            Ok(reached)
         }
         .boxed()
     }
