@@ -93,7 +93,7 @@ pub trait AnalyticsStore: Send + Sync + 'static {
         limit: u32,
     ) -> BoxFuture<'a, anyhow::Result<Vec<BreakdownRow>>>;
 
-    /// Whether session dimensions (entry/exit page) and funnels are available.
+    /// Whether session dimensions (entry/exit page) are available.
     fn supports_sessions(&self) -> bool {
         true
     }

@@ -328,33 +328,50 @@ impl FunnelStep {
     }
 }
 
-/// Visitors reaching each step of a funnel, in order, within `window_seconds` of their first
-/// step: ClickHouse's `windowFunnel` in its default mode, over `(second, matched steps)` of one
-/// visitor's events in time order. For each event and each step it matches (in step order): step
-/// 1 starts a chain at that second; step k continues the chain that reached step k − 1 if the
-/// event is at most `window_seconds` after that chain's start. Returns the deepest step reached
-/// (0: none).
+/// The clock funnels are evaluated on, in milliseconds per tick: milliseconds since the range's
+/// start when the range plus the window fits in 31 bits of them (24 days; `windowFunnel` on
+/// ClickHouse 18.16 takes only `DateTime` or `UInt32`), else seconds.
+pub fn funnel_tick_ms(query: &Query, window_seconds: i64) -> i64 {
+    // 18.16 gives wrong answers (level 0) past 2^31, so stay below it, window included.
+    let span = query.to.as_millis() - query.from.as_millis() + window_seconds * 1000;
+    if span < i64::from(i32::MAX) { 1 } else { 1000 }
+}
+
+/// The deepest step of a funnel one visitor reached (0: none), by ClickHouse's `windowFunnel`
+/// algorithm in its default mode, so both stores answer alike: every (tick, step) an event
+/// matches (ticks: [`funnel_tick_ms`]), sorted by tick then step; step 1 starts a chain at its
+/// tick; step k continues the chain that reached step k − 1 if it is at most `window` ticks
+/// after that chain's start. Within one tick steps count in step order, as current ClickHouse
+/// sorts them; 18.16 keeps the order rows arrive in, so ties within a millisecond may differ
+/// there.
 pub fn funnel_level(
     events: impl IntoIterator<Item = (i64, Vec<bool>)>,
     steps: usize,
-    window_seconds: i64,
+    window: i64,
 ) -> usize {
+    let mut matches: Vec<(i64, usize)> = events
+        .into_iter()
+        .flat_map(|(second, matched)| {
+            matched
+                .into_iter()
+                .enumerate()
+                .take(steps)
+                .filter(|(_, hit)| *hit)
+                .map(move |(step, _)| (second, step))
+        })
+        .collect();
+    matches.sort_unstable();
     // Per step reached, the start of the chain that reached it.
     let mut started: Vec<Option<i64>> = vec![None; steps];
-    for (second, matched) in events {
-        for (step, hit) in matched.iter().enumerate().take(steps) {
-            if !hit {
-                continue;
-            }
-            if step == 0 {
-                started[0] = Some(second);
-            } else if let Some(start) = started[step - 1]
-                && second <= start + window_seconds
-            {
-                started[step] = Some(start);
-                if step + 1 == steps {
-                    return steps;
-                }
+    for (second, step) in matches {
+        if step == 0 {
+            started[0] = Some(second);
+        } else if let Some(start) = started[step - 1]
+            && second <= start + window
+        {
+            started[step] = Some(start);
+            if step + 1 == steps {
+                return steps;
             }
         }
     }
@@ -442,6 +459,15 @@ mod tests {
         ];
         assert_eq!(funnel_level(full.clone(), 3, 10), 3);
         assert_eq!(funnel_level(full, 3, 8), 2, "third step too late");
+        // Within one second, steps count in step order (as windowFunnel sorts them).
+        assert_eq!(
+            funnel_level(
+                [e(4, [false, true, false]), e(4, [true, false, false])],
+                3,
+                10
+            ),
+            2
+        );
         // Out of order: step 2 before step 1 does not count.
         assert_eq!(
             funnel_level(

@@ -26,7 +26,7 @@ use sqlx::sqlite::{
 };
 use sqlx::{Arguments, AssertSqlSafe, Row, SqlitePool};
 
-use super::query::{Dimension, FilterOp, FunnelStep, funnel_level};
+use super::query::{Dimension, FilterOp, FunnelStep, funnel_level, funnel_tick_ms};
 use super::rollup::{ALL, Cell, dimension_code, key_value, whole_hours};
 use super::{AnalyticsEvent, AnalyticsStore, BreakdownRow, Query, Summary, TimeseriesPoint};
 use crate::HitId;
@@ -467,9 +467,12 @@ impl AnalyticsStore for SqliteAnalytics {
                 });
             }
             // One pass over the matching events of the range, visitor by visitor, in time order.
+            let tick = funnel_tick_ms(query, window_seconds);
+            let window = window_seconds * 1000 / tick;
             let sql = format!(
-                "SELECT visitor, ts / 1000, {} FROM events WHERE {filter} AND ({})
+                "SELECT visitor, (ts - {}) / {tick}, {} FROM events WHERE {filter} AND ({})
                  ORDER BY visitor, ts, hit_id",
+                query.from.as_millis(),
                 conditions.join(", "),
                 conditions.join(" OR ")
             );
@@ -478,7 +481,7 @@ impl AnalyticsStore for SqliteAnalytics {
             let mut current: Option<String> = None;
             let mut events: Vec<(i64, Vec<bool>)> = Vec::new();
             let mut finish = |events: &mut Vec<(i64, Vec<bool>)>| {
-                let level = funnel_level(events.drain(..), steps.len(), window_seconds);
+                let level = funnel_level(events.drain(..), steps.len(), window);
                 for count in reached.iter_mut().take(level) {
                     *count += 1;
                 }
