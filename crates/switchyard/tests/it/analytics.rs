@@ -45,6 +45,8 @@ async fn hit(
         .await
         .unwrap();
     assert_eq!(resp.status(), 204);
+    // Funnels order events by their millisecond: keep separate requests apart.
+    tokio::time::sleep(Duration::from_millis(5)).await;
 }
 
 async fn get(app: &TestApp, user: &User, path: &str) -> Value {
@@ -83,13 +85,43 @@ async fn gateway_to_dashboard_clickhouse() {
     }
 }
 
+/// The embedded store answering from its rollups (`exact_below=0`: even six events).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_to_dashboard_from_rollups_sqlite() {
+    gateway_to_dashboard(Backend::Sqlite, Some(ROLLED_UP.into())).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_to_dashboard_from_rollups_postgres() {
+    gateway_to_dashboard(Backend::Postgres, Some(ROLLED_UP.into())).await;
+}
+
+/// Marks an embedded analytics store that reads rollups whenever they can answer.
+const ROLLED_UP: &str = "rollups";
+
+/// `c.analytics_url` for `analytics_url` ([`ROLLED_UP`]: the embedded store in the data
+/// directory, rollups always).
+fn analytics_url(c: &platform::config::Config, analytics_url: Option<String>) -> Option<String> {
+    match analytics_url.as_deref() {
+        Some(ROLLED_UP) => Some(format!(
+            "sqlite://{}?exact_below=0",
+            c.data_dir.join("analytics.db").display()
+        )),
+        _ => analytics_url,
+    }
+}
+
 /// `analytics_url`: where analytics are stored (`None`: the embedded SQLite file).
 async fn gateway_to_dashboard(backend: Backend, analytics_url: Option<String>) {
     let geo = geo_db();
+    let rolled_up = analytics_url.as_deref() == Some(ROLLED_UP);
+    let clickhouse = analytics_url
+        .as_deref()
+        .is_some_and(|u| u.starts_with("http"));
     let Some(app) = TestApp::spawn_with(backend, |c| {
         c.tracking.trust_forwarded_for = true;
         c.geoip_database = Some(geo);
-        c.analytics_url = analytics_url.map(Into::into);
+        c.analytics_url = self::analytics_url(c, analytics_url).map(Into::into);
     })
     .await
     else {
@@ -162,6 +194,9 @@ async fn gateway_to_dashboard(backend: Backend, analytics_url: Option<String>) {
     assert_eq!(current["sessions"], 3);
     assert_eq!(current["pageviews"], 4);
     assert_eq!(current["events"], 6);
+    // Six events: exact counting unless the store was told to read rollups regardless (then the
+    // sketch is exact at this size, but the response must still say it is an estimate).
+    assert_eq!(current["visitors_estimated"], rolled_up, "{summary}");
     // B bounced (one page, not engaged); A engaged; C saw one page but purchased… and was not
     // marked engaged, so it bounces by GA4's definition too: 2 of 3.
     let bounce = current["bounce_rate"].as_f64().unwrap();
@@ -171,6 +206,7 @@ async fn gateway_to_dashboard(backend: Backend, analytics_url: Option<String>) {
     let pages = get(&app, &owner, &format!("{base}/breakdown?dimension=page")).await;
     assert_eq!(pages["rows"][0]["value"], "/", "{pages}");
     assert_eq!(pages["rows"][0]["visitors"], 2);
+    assert_eq!(pages["rows"][0]["visitors_estimated"], rolled_up);
     let channels = get(&app, &owner, &format!("{base}/breakdown?dimension=channel")).await;
     let channel_of = |name: &str| {
         channels["rows"]
@@ -234,8 +270,37 @@ async fn gateway_to_dashboard(backend: Backend, analytics_url: Option<String>) {
         .map(|p| p["events"].as_i64().unwrap())
         .sum();
     assert_eq!(total, 6, "{series}");
+    let sessions: i64 = series
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["sessions"].as_i64().unwrap())
+        .sum();
+    assert_eq!(sessions, 3, "{series}");
+    assert!(
+        series
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|p| p["visitors_estimated"] == rolled_up),
+        "{series}"
+    );
     let realtime = get(&app, &owner, &format!("{base}/realtime")).await;
     assert_eq!(realtime["visitors"], 3);
+
+    if clickhouse {
+        for path in [
+            format!("{base}/breakdown?dimension=entry_page"),
+            format!("{base}/summary?filter=exit_page:is:/"),
+        ] {
+            let (status, err) = app.get(&path, &owner.token).await;
+            assert_eq!(status, 400, "{path}");
+            assert_eq!(err["error"]["code"], "unsupported_by_store", "{path}");
+        }
+    } else {
+        entry_exit(&app, &owner, &base).await;
+    }
+    funnels(&app, &owner, &base).await;
 
     let first = get(&app, &owner, &format!("{base}/events?limit=4")).await;
     assert_eq!(first["data"].as_array().unwrap().len(), 4);
@@ -273,9 +338,135 @@ async fn gateway_to_dashboard(backend: Backend, analytics_url: Option<String>) {
     }
 }
 
+fn rows(v: &Value) -> Vec<(Value, i64, i64)> {
+    v["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["value"].clone(),
+                r["visitors"].as_i64().unwrap(),
+                r["events"].as_i64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// Entry and exit pages (each event carries its session's first and last page view), over the
+/// three visitors of `gateway_to_dashboard`: A `/` → `/pricing` (engaged), B `/`, C `/checkout`
+/// then a purchase with coupon WINTER.
+async fn entry_exit(app: &TestApp, owner: &User, base: &str) {
+    let entry = get(
+        app,
+        owner,
+        &format!("{base}/breakdown?dimension=entry_page"),
+    )
+    .await;
+    assert_eq!(
+        rows(&entry),
+        vec![("/".into(), 2, 4), ("/checkout".into(), 1, 2)],
+        "{entry}"
+    );
+    let exit = get(app, owner, &format!("{base}/breakdown?dimension=exit_page")).await;
+    assert_eq!(
+        rows(&exit),
+        vec![
+            ("/pricing".into(), 1, 3),
+            ("/checkout".into(), 1, 2),
+            ("/".into(), 1, 1)
+        ],
+        "{exit}"
+    );
+    let entered_home = get(
+        app,
+        owner,
+        &format!("{base}/summary?filter=entry_page:is:/"),
+    )
+    .await;
+    assert_eq!(entered_home["current"]["visitors"], 2, "{entered_home}");
+    assert_eq!(entered_home["current"]["events"], 4);
+    let left_elsewhere = get(
+        app,
+        owner,
+        &format!("{base}/breakdown?dimension=page&filter=exit_page:is_not:/pricing"),
+    )
+    .await;
+    assert_eq!(
+        rows(&left_elsewhere),
+        vec![("/checkout".into(), 1, 2), ("/".into(), 1, 1)],
+        "{left_elsewhere}"
+    );
+}
+
+/// Funnels over the same three visitors, on every store.
+async fn funnels(app: &TestApp, owner: &User, base: &str) {
+    // A short range, so events are ordered by their millisecond (see the endpoint's doc).
+    let now = chrono::Utc::now();
+    let range = format!(
+        "from={}&to={}",
+        (now - chrono::Duration::hours(1)).format("%Y-%m-%dT%H:%M:%SZ"),
+        (now + chrono::Duration::hours(1)).format("%Y-%m-%dT%H:%M:%SZ")
+    );
+    let funnel = |steps: &str| format!("{base}/funnel?{range}&{steps}");
+    let f = get(
+        app,
+        owner,
+        &funnel("step=page:/&step=page:/pricing&step=event:purchase"),
+    )
+    .await;
+    let visitors: Vec<i64> = f["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["visitors"].as_i64().unwrap())
+        .collect();
+    assert_eq!(visitors, vec![2, 1, 0], "{f}");
+    assert_eq!(f["steps"][1]["step"], "page:/pricing");
+    assert_eq!(f["steps"][1]["conversion"], 0.5);
+    assert_eq!(f["steps"][2]["from_previous"], 0.0);
+    assert_eq!(f["window_seconds"], 86_400);
+    let bought = get(
+        app,
+        owner,
+        &funnel("step=page:/checkout&step=event:purchase:coupon=WINTER&window=60"),
+    )
+    .await;
+    assert_eq!(bought["steps"][1]["visitors"], 1, "{bought}");
+    assert_eq!(bought["steps"][1]["conversion"], 1.0);
+    let other_coupon = get(
+        app,
+        owner,
+        &funnel("step=page:/checkout&step=event:purchase:coupon=SUMMER"),
+    )
+    .await;
+    assert_eq!(other_coupon["steps"][1]["visitors"], 0, "{other_coupon}");
+    // Out of order does not count: A saw /pricing after /, and nobody came back to /.
+    let backwards = get(app, owner, &funnel("step=page:/pricing&step=page:/")).await;
+    assert_eq!(backwards["steps"][0]["visitors"], 1, "{backwards}");
+    assert_eq!(backwards["steps"][1]["visitors"], 0, "{backwards}");
+    let empty = get(app, owner, &format!("{base}/funnel")).await;
+    assert_eq!(empty["steps"], serde_json::json!([]), "{empty}");
+    for path in [
+        funnel(&["step=page:/"; 11].join("&")),
+        funnel("step=page:/&step=click:x"),
+        funnel("step=page:/&step=page:/a&window=0"),
+    ] {
+        let (status, err) = app.get(&path, &owner.token).await;
+        assert_eq!(status, 400, "{path}");
+        assert_eq!(err["error"]["code"], "invalid_funnel", "{path}");
+    }
+}
+
 #[tokio::test]
 async fn redelivering_the_whole_log_adds_nothing() {
     redelivering_the_whole_log(None).await;
+}
+
+/// Rollups count a redelivered hit once too.
+#[tokio::test]
+async fn redelivering_the_whole_log_adds_nothing_to_rollups() {
+    redelivering_the_whole_log(Some(ROLLED_UP.into())).await;
 }
 
 #[tokio::test]
@@ -286,8 +477,9 @@ async fn redelivering_the_whole_log_adds_nothing_clickhouse() {
 }
 
 async fn redelivering_the_whole_log(analytics_url: Option<String>) {
+    let rolled_up = analytics_url.as_deref() == Some(ROLLED_UP);
     let app = TestApp::spawn_with(Backend::Sqlite, |c| {
-        c.analytics_url = analytics_url.map(Into::into)
+        c.analytics_url = self::analytics_url(c, analytics_url).map(Into::into)
     })
     .await
     .expect("SQLite is always available");
@@ -325,4 +517,7 @@ async fn redelivering_the_whole_log(analytics_url: Option<String>) {
     let summary = get(&app, &owner, &format!("{base}/summary")).await;
     assert_eq!(summary["current"]["events"], 10);
     assert_eq!(summary["current"]["sessions"], 5);
+    assert_eq!(summary["current"]["visitors"], 5);
+    assert_eq!(summary["current"]["pageviews"], 5);
+    assert_eq!(summary["current"]["visitors_estimated"], rolled_up);
 }

@@ -267,6 +267,8 @@ fn column_sql(dimension: &Dimension) -> String {
             let name = quote(name);
             format!("if(has(param_keys, {name}), param_values[indexOf(param_keys, {name})], NULL)")
         }
+        // Refused before a query is built: see `supports_sessions`.
+        Dimension::Session(_) => "NULL".to_owned(),
     }
 }
 
@@ -414,6 +416,14 @@ struct BreakdownLine {
 }
 
 #[derive(Deserialize)]
+struct FunnelLine {
+    #[serde(deserialize_with = "int")]
+    level: i64,
+    #[serde(deserialize_with = "int")]
+    visitors: i64,
+}
+
+#[derive(Deserialize)]
 struct SessionLine {
     session: String,
     #[serde(deserialize_with = "int")]
@@ -493,6 +503,73 @@ const TOTALS: &str = "uniqExact(visitor) AS visitors, uniqExact(session) AS sess
     uniqExactIf(hit_id, event_name = 'page_view') AS pageviews, uniqExact(hit_id) AS events";
 
 impl AnalyticsStore for ClickHouseAnalytics {
+    /// Not built yet on ClickHouse: entry/exit pages are answered by the embedded store only
+    /// (the API refuses them with `unsupported_by_store`).
+    fn supports_sessions(&self) -> bool {
+        false
+    }
+
+    /// `windowFunnel` (present in 18.16 and current releases) per visitor on the ticks of
+    /// [`super::query::funnel_tick_ms`]; duplicates of an unmerged hit repeat a (tick, step)
+    /// pair, which changes nothing.
+    fn funnel<'a>(
+        &'a self,
+        query: &'a Query,
+        steps: &'a [super::FunnelStep],
+        window_seconds: i64,
+    ) -> BoxFuture<'a, anyhow::Result<Vec<i64>>> {
+        async move {
+            let conditions: Vec<String> = steps
+                .iter()
+                .map(|step| match step {
+                    super::FunnelStep::Page(path) => format!(
+                        "(event_name = 'page_view' AND ifNull(page_path = {}, 0) = 1)",
+                        quote(path)
+                    ),
+                    super::FunnelStep::Event { name, param: None } => {
+                        format!("(event_name = {})", quote(name))
+                    }
+                    super::FunnelStep::Event {
+                        name,
+                        param: Some((param, value)),
+                    } => {
+                        let param = quote(param);
+                        format!(
+                            "(event_name = {} AND has(param_keys, {param}) \
+                             AND param_values[indexOf(param_keys, {param})] = {})",
+                            quote(name),
+                            quote(value)
+                        )
+                    }
+                })
+                .collect();
+            let filter = where_clause(query, query.from, query.to);
+            let tick = super::query::funnel_tick_ms(query, window_seconds);
+            let window = window_seconds * 1000 / tick;
+            let from = query.from.as_millis();
+            let rows: Vec<FunnelLine> = self
+                .rows(format!(
+                    "SELECT level, count() AS visitors FROM (
+                        SELECT visitor,
+                               windowFunnel({window})(toUInt32(intDiv(time_ms - {from}, {tick})), {}) AS level
+                        FROM {} WHERE {filter} AND ({}) GROUP BY visitor)
+                     GROUP BY level",
+                    conditions.join(", "),
+                    self.table,
+                    conditions.join(" OR ")
+                ))
+                .await?;
+            let mut reached = vec![0i64; steps.len()];
+            for row in rows {
+                for count in reached.iter_mut().take(row.level as usize) {
+                    *count += row.visitors;
+                }
+            }
+            Ok(reached)
+        }
+        .boxed()
+    }
+
     fn insert<'a>(&'a self, events: &'a [AnalyticsEvent]) -> BoxFuture<'a, anyhow::Result<()>> {
         async move {
             for chunk in events.chunks(ROWS_PER_INSERT) {
@@ -569,6 +646,7 @@ impl AnalyticsStore for ClickHouseAnalytics {
                     .avg_session_seconds
                     .filter(|v| v.is_finite())
                     .unwrap_or(0.0),
+                visitors_estimated: false,
             })
         }
         .boxed()
@@ -610,6 +688,7 @@ impl AnalyticsStore for ClickHouseAnalytics {
                         sessions: row.totals.sessions,
                         pageviews: row.totals.pageviews,
                         events: row.totals.events,
+                        visitors_estimated: false,
                     });
                 }
             }
@@ -644,6 +723,7 @@ impl AnalyticsStore for ClickHouseAnalytics {
                     value: r.dim,
                     visitors: r.visitors,
                     events: r.events,
+                    visitors_estimated: false,
                 })
                 .collect())
         }

@@ -6,7 +6,9 @@
 //! of its own (`analytics.db`); at scale, ClickHouse ([`clickhouse`]) behind the same trait.
 
 pub mod clickhouse;
+pub mod hll;
 pub mod query;
+pub mod rollup;
 pub mod routes;
 pub mod sqlite;
 
@@ -19,7 +21,8 @@ use crate::HitId;
 use crate::sites::SiteId;
 
 pub use query::{
-    Breakdown, BreakdownRow, Dimension, Filter, Interval, Query, Summary, TimeseriesPoint,
+    Breakdown, BreakdownRow, Dimension, Filter, FunnelStep, Interval, Query, Summary,
+    TimeseriesPoint,
 };
 
 /// One enriched hit, flat, as dashboards read it.
@@ -90,6 +93,20 @@ pub trait AnalyticsStore: Send + Sync + 'static {
         limit: u32,
     ) -> BoxFuture<'a, anyhow::Result<Vec<BreakdownRow>>>;
 
+    /// Whether session dimensions (entry/exit page) are available.
+    fn supports_sessions(&self) -> bool {
+        true
+    }
+
+    /// Visitors reaching each of `steps` in order within `window_seconds` of the first (see
+    /// [`query::funnel_level`]).
+    fn funnel<'a>(
+        &'a self,
+        query: &'a Query,
+        steps: &'a [FunnelStep],
+        window_seconds: i64,
+    ) -> BoxFuture<'a, anyhow::Result<Vec<i64>>>;
+
     /// Raw events, newest first, after `before` (exclusive) when given.
     fn events<'a>(
         &'a self,
@@ -102,9 +119,19 @@ pub trait AnalyticsStore: Send + Sync + 'static {
 /// Opens the analytics store named by `url`: `sqlite://PATH`, or ClickHouse's HTTP interface as
 /// `http(s)://[user:pass@]host:8123/?database=NAME` (see [`clickhouse`]).
 pub async fn open(url: &str) -> anyhow::Result<std::sync::Arc<dyn AnalyticsStore>> {
-    if let Some(path) = url.strip_prefix("sqlite://") {
+    if let Some(rest) = url.strip_prefix("sqlite://") {
+        // `sqlite://PATH[?exact_below=N]`: see `sqlite::DEFAULT_EXACT_BELOW`.
+        let (path, exact_below) = match rest.split_once("?exact_below=") {
+            Some((path, n)) => (
+                path,
+                n.parse().map_err(|_| {
+                    anyhow::anyhow!("`exact_below` in the analytics URL must be a number")
+                })?,
+            ),
+            None => (rest, sqlite::DEFAULT_EXACT_BELOW),
+        };
         return Ok(std::sync::Arc::new(
-            sqlite::SqliteAnalytics::open(std::path::Path::new(path)).await?,
+            sqlite::SqliteAnalytics::open_with(std::path::Path::new(path), exact_below).await?,
         ));
     }
     if url.starts_with("http://") || url.starts_with("https://") {

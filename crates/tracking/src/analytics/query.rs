@@ -17,7 +17,15 @@ pub enum Dimension {
     Column(&'static str),
     /// An event parameter, by name (`param:coupon`).
     Param(String),
+    /// A property of the event's session (the name is one of [`SESSION_COLUMNS`]): every event
+    /// of a session that entered at `/pricing` has `entry_page` `/pricing`.
+    Session(&'static str),
 }
+
+/// Public session dimension names and the session columns they read: the path of the session's
+/// first and last page view.
+pub const SESSION_COLUMNS: &[(&str, &str)] =
+    &[("entry_page", "entry_page"), ("exit_page", "exit_page")];
 
 /// Public dimension names and the columns they read.
 pub const COLUMNS: &[(&str, &str)] = &[
@@ -57,12 +65,19 @@ impl Dimension {
                 ))
             };
         }
+        if let Some((_, column)) = SESSION_COLUMNS.iter().find(|(public, _)| *public == name) {
+            return Ok(Dimension::Session(column));
+        }
         COLUMNS
             .iter()
             .find(|(public, _)| *public == name)
             .map(|(_, column)| Dimension::Column(column))
             .ok_or_else(|| {
-                let names: Vec<&str> = COLUMNS.iter().map(|(p, _)| *p).collect();
+                let names: Vec<&str> = COLUMNS
+                    .iter()
+                    .chain(SESSION_COLUMNS)
+                    .map(|(p, _)| *p)
+                    .collect();
                 ApiError::bad_request(
                     "invalid_dimension",
                     format!(
@@ -141,6 +156,10 @@ pub struct Summary {
     pub bounce_rate: f64,
     /// Average time between a session's first and last event, in seconds.
     pub avg_session_seconds: f64,
+    /// `visitors` is a HyperLogLog estimate (standard error 1.6 %), read from rollups; session
+    /// figures then count the sessions that started in the range. Otherwise everything is exact.
+    #[serde(default)]
+    pub visitors_estimated: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
@@ -151,6 +170,8 @@ pub struct TimeseriesPoint {
     pub sessions: i64,
     pub pageviews: i64,
     pub events: i64,
+    /// As in [`Summary::visitors_estimated`]; estimated buckets count sessions where they started.
+    pub visitors_estimated: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
@@ -159,6 +180,8 @@ pub struct BreakdownRow {
     pub value: Option<String>,
     pub visitors: i64,
     pub events: i64,
+    /// `visitors` is a HyperLogLog estimate (standard error 1.6 %), read from rollups.
+    pub visitors_estimated: bool,
 }
 
 #[derive(Debug, Clone, Serialize, ToSchema)]
@@ -250,6 +273,129 @@ fn midnight(date: NaiveDate, zone: Tz) -> DateTime<Utc> {
         .unwrap_or_else(|| Utc.from_utc_datetime(&naive))
 }
 
+/// One step of a funnel: a page view of a path, or an event by name, optionally with one
+/// parameter equal to a value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FunnelStep {
+    Page(String),
+    Event {
+        name: String,
+        param: Option<(String, String)>,
+    },
+}
+
+impl FunnelStep {
+    /// `page:/pricing`, `event:purchase` or `event:purchase:coupon=WINTER`.
+    pub fn parse(text: &str) -> Result<FunnelStep, ApiError> {
+        let bad = || {
+            ApiError::bad_request(
+                "invalid_funnel",
+                format!(
+                    "`{text}` is not `page:<path>`, `event:<name>` or `event:<name>:<param>=<value>`."
+                ),
+            )
+        };
+        if let Some(path) = text.strip_prefix("page:") {
+            return if path.is_empty() {
+                Err(bad())
+            } else {
+                Ok(FunnelStep::Page(path.to_owned()))
+            };
+        }
+        let rest = text.strip_prefix("event:").ok_or_else(bad)?;
+        let (name, param) = match rest.split_once(':') {
+            None => (rest, None),
+            Some((name, condition)) => {
+                let (param, value) = condition.split_once('=').ok_or_else(bad)?;
+                let ok = !param.is_empty()
+                    && param.len() <= 40
+                    && param
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'_');
+                if !ok {
+                    return Err(bad());
+                }
+                (name, Some((param.to_owned(), value.to_owned())))
+            }
+        };
+        if name.is_empty() {
+            return Err(bad());
+        }
+        Ok(FunnelStep::Event {
+            name: name.to_owned(),
+            param,
+        })
+    }
+}
+
+/// The clock funnels are evaluated on, in milliseconds per tick: milliseconds since the range's
+/// start when the range plus the window fits in 31 bits of them (24 days; `windowFunnel` on
+/// ClickHouse 18.16 takes only `DateTime` or `UInt32`), else seconds.
+pub fn funnel_tick_ms(query: &Query, window_seconds: i64) -> i64 {
+    // 18.16 gives wrong answers (level 0) past 2^31, so stay below it, window included.
+    let span = query.to.as_millis() - query.from.as_millis() + window_seconds * 1000;
+    if span < i64::from(i32::MAX) { 1 } else { 1000 }
+}
+
+/// The deepest step of a funnel one visitor reached (0: none), by ClickHouse's `windowFunnel`
+/// algorithm in its default mode, so both stores answer alike: every (tick, step) an event
+/// matches (ticks: [`funnel_tick_ms`]), sorted by tick then step; step 1 starts a chain at its
+/// tick; step k continues the chain that reached step k − 1 if it is at most `window` ticks
+/// after that chain's start. Within one tick steps count in step order, as current ClickHouse
+/// sorts them; 18.16 keeps the order rows arrive in, so ties within a millisecond may differ
+/// there.
+pub fn funnel_level(
+    events: impl IntoIterator<Item = (i64, Vec<bool>)>,
+    steps: usize,
+    window: i64,
+) -> usize {
+    let mut matches: Vec<(i64, usize)> = events
+        .into_iter()
+        .flat_map(|(second, matched)| {
+            matched
+                .into_iter()
+                .enumerate()
+                .take(steps)
+                .filter(|(_, hit)| *hit)
+                .map(move |(step, _)| (second, step))
+        })
+        .collect();
+    matches.sort_unstable();
+    // Per step reached, the start of the chain that reached it.
+    let mut started: Vec<Option<i64>> = vec![None; steps];
+    for (second, step) in matches {
+        if step == 0 {
+            started[0] = Some(second);
+        } else if let Some(start) = started[step - 1]
+            && second <= start + window
+        {
+            started[step] = Some(start);
+            if step + 1 == steps {
+                return steps;
+            }
+        }
+    }
+    started.iter().take_while(|s| s.is_some()).count()
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+pub struct FunnelStepResult {
+    /// The step as given (`page:/pricing`, `event:purchase:coupon=WINTER`).
+    pub step: String,
+    /// Visitors who reached this step (in order, within the window).
+    pub visitors: i64,
+    /// Share of the first step's visitors (0 to 1).
+    pub conversion: f64,
+    /// Share of the previous step's visitors (0 to 1; 1 for the first step).
+    pub from_previous: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+pub struct Funnel {
+    pub window_seconds: i64,
+    pub steps: Vec<FunnelStepResult>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -286,6 +432,66 @@ mod tests {
         );
         assert!(Filter::parse("country:equals:GB").is_err());
         assert!(Filter::parse("nonsense").is_err());
+    }
+
+    #[test]
+    fn funnel_steps_parse_and_levels_follow_window_funnel() {
+        assert_eq!(
+            FunnelStep::parse("page:/pricing").unwrap(),
+            FunnelStep::Page("/pricing".into())
+        );
+        assert_eq!(
+            FunnelStep::parse("event:purchase:coupon=WINTER").unwrap(),
+            FunnelStep::Event {
+                name: "purchase".into(),
+                param: Some(("coupon".into(), "WINTER".into()))
+            }
+        );
+        for bad in ["page:", "event:", "click:x", "event:a:b", "event:a:b'c=1"] {
+            assert!(FunnelStep::parse(bad).is_err(), "{bad}");
+        }
+        let e = |t: i64, m: [bool; 3]| (t, m.to_vec());
+        // In order within the window.
+        let full = [
+            e(0, [true, false, false]),
+            e(5, [false, true, false]),
+            e(9, [false, false, true]),
+        ];
+        assert_eq!(funnel_level(full.clone(), 3, 10), 3);
+        assert_eq!(funnel_level(full, 3, 8), 2, "third step too late");
+        // Within one second, steps count in step order (as windowFunnel sorts them).
+        assert_eq!(
+            funnel_level(
+                [e(4, [false, true, false]), e(4, [true, false, false])],
+                3,
+                10
+            ),
+            2
+        );
+        // Out of order: step 2 before step 1 does not count.
+        assert_eq!(
+            funnel_level(
+                [e(0, [false, true, false]), e(1, [true, false, false])],
+                3,
+                10
+            ),
+            1
+        );
+        // A later step-1 event restarts the chain without losing the earlier progress.
+        assert_eq!(
+            funnel_level(
+                [
+                    e(0, [true, false, false]),
+                    e(5, [false, true, false]),
+                    e(8, [true, false, false]),
+                    e(12, [false, false, true])
+                ],
+                3,
+                10
+            ),
+            2
+        );
+        assert_eq!(funnel_level(Vec::<(i64, Vec<bool>)>::new(), 3, 10), 0);
     }
 
     #[test]

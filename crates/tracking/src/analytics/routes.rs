@@ -1,7 +1,10 @@
 //! The analytics API: `/api/v1/workspaces/{workspace_id}/sites/{site_id}/analytics/…`.
 //!
 //! Common query parameters: `from`, `to` (RFC 3339 instants or `YYYY-MM-DD` days in the site's
-//! zone; default the last 30 days) and any number of `filter=dimension:is|is_not|contains:value`.
+//! zone; default the 30 days up to the next whole hour) and any number of
+//! `filter=dimension:is|is_not|contains:value`. Unfiltered figures over long ranges come from
+//! rollups in the embedded store; a response says when its visitor counts are estimates
+//! (`visitors_estimated`).
 
 use std::sync::Arc;
 
@@ -18,7 +21,10 @@ use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::query::{self, Breakdown, Dimension, Filter, Interval, Query, Summary, TimeseriesPoint};
+use super::query::{
+    self, Breakdown, Dimension, Filter, Funnel, FunnelStep, FunnelStepResult, Interval, Query,
+    Summary, TimeseriesPoint,
+};
 use super::{AnalyticsEvent, AnalyticsStore};
 use crate::HitId;
 use crate::sites::{SiteId, store as sites};
@@ -31,6 +37,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(timeseries))
         .routes(routes!(breakdown))
         .routes(routes!(realtime))
+        .routes(routes!(funnel))
         .routes(routes!(events))
 }
 
@@ -89,7 +96,12 @@ async fn prepare(
     let now = Timestamp::now();
     let to = match param(&params, "to") {
         Some(text) => instant("to", text, zone, true)?,
-        None => now,
+        // The next whole hour: nothing is stored after now, and a range of whole hours is one
+        // the rollups can answer (see `super::rollup`).
+        None => {
+            let hour = super::rollup::HOUR_MS;
+            Timestamp::from_millis((now.as_millis().div_euclid(hour) + 1) * hour)
+        }
     };
     let from = match param(&params, "from") {
         Some(text) => instant("from", text, zone, false)?,
@@ -127,6 +139,28 @@ fn store_error(err: anyhow::Error) -> ApiError {
     ApiError::internal(err)
 }
 
+/// Session dimensions and funnels need a store that keeps sessions (the embedded one).
+fn unsupported(store: &dyn AnalyticsStore, what: &str) -> ApiResult<()> {
+    if store.supports_sessions() {
+        return Ok(());
+    }
+    Err(ApiError::bad_request(
+        "unsupported_by_store",
+        format!("{what} are not available on this analytics store yet."),
+    ))
+}
+
+fn check_dimensions(store: &dyn AnalyticsStore, query: &Query) -> ApiResult<()> {
+    if query
+        .filters
+        .iter()
+        .any(|f| matches!(f.dimension, Dimension::Session(_)))
+    {
+        unsupported(store, "Entry and exit page filters")?;
+    }
+    Ok(())
+}
+
 #[derive(Debug, Serialize, ToSchema)]
 pub struct SummaryResponse {
     pub from: Timestamp,
@@ -151,6 +185,7 @@ async fn summary(
 ) -> ApiResult<Json<SummaryResponse>> {
     let Path((_, site_id)) = path;
     let (query, _) = prepare(&state, &scope, site_id, &raw).await?;
+    check_dimensions(store.as_ref(), &query)?;
     let current = store.summary(&query).await.map_err(store_error)?;
     let length =
         std::time::Duration::from_micros((query.to.seconds_since(query.from) * 1e6) as u64);
@@ -182,6 +217,7 @@ async fn timeseries(
 ) -> ApiResult<Json<Vec<TimeseriesPoint>>> {
     let Path((_, site_id)) = path;
     let (query, zone) = prepare(&state, &scope, site_id, &raw).await?;
+    check_dimensions(store.as_ref(), &query)?;
     let interval = match param(&params(&raw), "interval") {
         None | Some("day") => Interval::Day,
         Some("hour") => Interval::Hour,
@@ -222,6 +258,10 @@ async fn breakdown(
     let params = params(&raw);
     let name = param(&params, "dimension").unwrap_or("page");
     let dimension = Dimension::parse(name)?;
+    check_dimensions(store.as_ref(), &query)?;
+    if matches!(dimension, Dimension::Session(_)) {
+        unsupported(store.as_ref(), "Entry and exit page breakdowns")?;
+    }
     let limit = match param(&params, "limit") {
         None => 10,
         Some(text) => text
@@ -290,6 +330,7 @@ async fn events(
 ) -> ApiResult<Json<Page<AnalyticsEvent>>> {
     let Path((_, site_id)) = path;
     let (query, _) = prepare(&state, &scope, site_id, &raw).await?;
+    check_dimensions(store.as_ref(), &query)?;
     let params = params(&raw);
     let page = platform::http::PageParams {
         limit: param(&params, "limit").map(|l| l.parse().unwrap_or(0)),
@@ -302,4 +343,89 @@ async fn events(
         .await
         .map_err(store_error)?;
     Ok(Json(Page::from_rows(rows, limit, |e| e.hit_id.uuid())))
+}
+
+/// Visitors who went through `step`s in order (up to 10 `step=` parameters: `page:<path>`,
+/// `event:<name>` or `event:<name>:<param>=<value>`; none: an empty funnel) with every step within `window` seconds of
+/// the first (default 86400, at most 90 days); counted per visitor, over the events of the range
+/// that pass the filters. Exact (raw events). Events are ordered by millisecond when the range
+/// plus the window is under 24 days, else by second (ClickHouse 18.16's `windowFunnel` limit);
+/// within one tick, steps count in step order.
+#[utoipa::path(get, path = "/workspaces/{workspace_id}/sites/{site_id}/analytics/funnel", tag = "analytics",
+    params(("workspace_id" = WorkspaceId, Path), ("site_id" = SiteId, Path), ("step" = Vec<String>, Query),
+        ("window" = Option<i64>, Query), ("from" = Option<String>, Query), ("to" = Option<String>, Query),
+        ("filter" = Option<Vec<String>>, Query)),
+    responses((status = 200, body = Funnel), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+async fn funnel(
+    State(state): State<AppState>,
+    Extension(store): Store,
+    scope: Scope,
+    path: Path<(WorkspaceId, SiteId)>,
+    RawQuery(raw): RawQuery,
+) -> ApiResult<Json<Funnel>> {
+    let Path((_, site_id)) = path;
+    let (query, _) = prepare(&state, &scope, site_id, &raw).await?;
+    let params = params(&raw);
+    let texts: Vec<&str> = params
+        .iter()
+        .filter(|(k, _)| k == "step")
+        .map(|(_, v)| v.as_str())
+        .collect();
+    if texts.len() > 10 {
+        return Err(ApiError::bad_request(
+            "invalid_funnel",
+            "A funnel has at most 10 `step` parameters.",
+        ));
+    }
+    let steps = texts
+        .iter()
+        .map(|t| FunnelStep::parse(t))
+        .collect::<ApiResult<Vec<_>>>()?;
+    let window = match param(&params, "window") {
+        None => 86_400,
+        Some(text) => text
+            .parse::<i64>()
+            .ok()
+            .filter(|w| (1..=90 * 86_400).contains(w))
+            .ok_or_else(|| {
+                ApiError::bad_request(
+                    "invalid_funnel",
+                    "`window` is a number of seconds from 1 to 7776000 (90 days).",
+                )
+            })?,
+    };
+    check_dimensions(store.as_ref(), &query)?;
+    let reached = if steps.is_empty() {
+        Vec::new()
+    } else {
+        store
+            .funnel(&query, &steps, window)
+            .await
+            .map_err(store_error)?
+    };
+    let first = reached.first().copied().unwrap_or(0);
+    let steps = texts
+        .iter()
+        .zip(&reached)
+        .enumerate()
+        .map(|(i, (text, visitors))| {
+            let share = |of: i64| {
+                if of > 0 {
+                    *visitors as f64 / of as f64
+                } else {
+                    0.0
+                }
+            };
+            FunnelStepResult {
+                step: (*text).to_owned(),
+                visitors: *visitors,
+                conversion: share(first),
+                from_previous: if i == 0 { 1.0 } else { share(reached[i - 1]) },
+            }
+        })
+        .collect();
+    Ok(Json(Funnel {
+        window_seconds: window,
+        steps,
+    }))
 }

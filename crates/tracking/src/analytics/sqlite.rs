@@ -4,6 +4,14 @@
 //! Times are integer milliseconds here (not the state database's RFC 3339 text): range scans and
 //! bucketing over millions of rows are integer comparisons. Filters and dimensions come from the
 //! closed sets in [`super::query`]; values are always bound, never spliced into SQL.
+//!
+//! Beside the raw rows, the same write transaction maintains rollups ([`rollups`],
+//! [`super::rollup`]): unfiltered queries over whole hours read those instead of scanning raw
+//! rows once the range holds more than `exact_below` events (below that the raw scan is cheap
+//! and exact). Visitor counts from rollups are HyperLogLog estimates (±1.6 % standard error,
+//! [`super::hll`]) and say so (`visitors_estimated`); every other figure is exact.
+
+mod rollups;
 
 use std::path::Path;
 use std::time::Duration;
@@ -18,7 +26,8 @@ use sqlx::sqlite::{
 };
 use sqlx::{Arguments, AssertSqlSafe, Row, SqlitePool};
 
-use super::query::{Dimension, FilterOp};
+use super::query::{Dimension, FilterOp, FunnelStep, funnel_level, funnel_tick_ms};
+use super::rollup::{ALL, Cell, dimension_code, key_value, whole_hours};
 use super::{AnalyticsEvent, AnalyticsStore, BreakdownRow, Query, Summary, TimeseriesPoint};
 use crate::HitId;
 use crate::sites::SiteId;
@@ -44,19 +53,29 @@ const SCHEMA: &[&str] = &[
     "CREATE INDEX IF NOT EXISTS events_site_visitor ON events(site_id, visitor, ts)",
 ];
 
-const COLUMNS: &str = "hit_id, site_id, workspace_id, ts, event_name, visitor, session, engaged, \
+pub(super) const COLUMNS: &str = "hit_id, site_id, workspace_id, ts, event_name, visitor, session, engaged, \
     page_host, page_path, page_title, referrer_host, source, medium, campaign, term, content, channel, \
     country, region, city, device, browser, os, value, currency, params, bot";
 
 /// Rows per multi-row insert (28 columns each, well under SQLite's parameter limit).
 const ROWS_PER_INSERT: usize = 200;
 
+/// Ranges with fewer events than this are answered exactly from raw rows even when rollups
+/// could answer them: the scan costs a few milliseconds there.
+pub const DEFAULT_EXACT_BELOW: i64 = 20_000;
+
 pub struct SqliteAnalytics {
     pool: SqlitePool,
+    exact_below: i64,
 }
 
 impl SqliteAnalytics {
     pub async fn open(path: &Path) -> anyhow::Result<SqliteAnalytics> {
+        Self::open_with(path, DEFAULT_EXACT_BELOW).await
+    }
+
+    /// `exact_below`: see [`DEFAULT_EXACT_BELOW`] (0: rollups whenever they can answer).
+    pub async fn open_with(path: &Path, exact_below: i64) -> anyhow::Result<SqliteAnalytics> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir)?;
         }
@@ -73,10 +92,56 @@ impl SqliteAnalytics {
             .connect_with(options)
             .await
             .with_context(|| format!("cannot open analytics database {}", path.display()))?;
-        for statement in SCHEMA {
+        for statement in SCHEMA.iter().chain(rollups::SCHEMA) {
             sqlx::query(*statement).execute(&pool).await?;
         }
-        Ok(SqliteAnalytics { pool })
+        rollups::ensure_built(&pool)
+            .await
+            .context("cannot build the analytics rollups")?;
+        Ok(SqliteAnalytics { pool, exact_below })
+    }
+
+    /// The epoch hours `[from, to)` when rollups should answer `query` over that range: no
+    /// filters, whole hours, and at least `exact_below` events in it.
+    async fn rollup_hours(
+        &self,
+        query: &Query,
+        from: Timestamp,
+        to: Timestamp,
+    ) -> anyhow::Result<Option<(i64, i64)>> {
+        if !query.filters.is_empty() {
+            return Ok(None);
+        }
+        let Some((from, to)) = whole_hours(from.as_millis(), to.as_millis()) else {
+            return Ok(None);
+        };
+        if self.exact_below > 0
+            && rollups::event_count(&self.pool, query.site_id, from, to).await? < self.exact_below
+        {
+            return Ok(None);
+        }
+        Ok(Some((from, to)))
+    }
+}
+
+fn summary_of(cell: &Cell) -> Summary {
+    let sessions = cell.sessions.max(0);
+    Summary {
+        visitors: cell.visitors.count(),
+        sessions,
+        pageviews: cell.pageviews,
+        events: cell.events,
+        bounce_rate: if sessions > 0 {
+            cell.bounces as f64 / sessions as f64
+        } else {
+            0.0
+        },
+        avg_session_seconds: if sessions > 0 {
+            cell.duration_ms as f64 / 1000.0 / sessions as f64
+        } else {
+            0.0
+        },
+        visitors_estimated: true,
     }
 }
 
@@ -121,6 +186,16 @@ fn where_clause(
     Ok((sql, args))
 }
 
+/// The highest `?N` [`where_clause`] binds.
+fn placeholders_used(query: &Query) -> usize {
+    3 + query.filters.len()
+        + query
+            .filters
+            .iter()
+            .filter(|f| matches!(f.dimension, Dimension::Param(_)))
+            .count()
+}
+
 /// The SQL for a dimension: a whitelisted column, or a bound JSON path into `params`.
 fn column_sql(
     dimension: &Dimension,
@@ -135,6 +210,10 @@ fn column_sql(
                 .map_err(anyhow::Error::msg)?;
             format!("CAST(json_extract(params, ?{n}) AS TEXT)")
         }
+        // The session's row (primary-key lookup), exact whatever the range.
+        Dimension::Session(column) => format!(
+            "(SELECT s.{column} FROM sessions s WHERE s.site_id = events.site_id AND s.session = events.session)"
+        ),
     })
 }
 
@@ -142,9 +221,12 @@ impl AnalyticsStore for SqliteAnalytics {
     fn insert<'a>(&'a self, events: &'a [AnalyticsEvent]) -> BoxFuture<'a, anyhow::Result<()>> {
         async move {
             let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+            let mut written = std::collections::HashSet::new();
             for chunk in events.chunks(ROWS_PER_INSERT) {
                 let placeholders = vec!["(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"; chunk.len()].join(",");
-                let sql = format!("INSERT INTO events ({COLUMNS}) VALUES {placeholders} ON CONFLICT (hit_id) DO NOTHING");
+                // RETURNING names the rows actually written: a redelivered hit is not counted
+                // into the rollups again.
+                let sql = format!("INSERT INTO events ({COLUMNS}) VALUES {placeholders} ON CONFLICT (hit_id) DO NOTHING RETURNING hit_id");
                 let mut query = sqlx::query(AssertSqlSafe(sql));
                 for e in chunk {
                     query = query
@@ -156,8 +238,14 @@ impl AnalyticsStore for SqliteAnalytics {
                         .bind(&e.browser).bind(&e.os).bind(e.value).bind(&e.currency)
                         .bind(e.params.to_string()).bind(e.bot);
                 }
-                query.execute(&mut *tx).await?;
+                for row in query.fetch_all(&mut *tx).await? {
+                    written.insert(row.try_get::<HitId, _>(0)?);
+                }
             }
+            // `remove`: a hit twice in one batch is written, and counted, once.
+            let fresh: Vec<&AnalyticsEvent> =
+                events.iter().filter(|e| written.remove(&e.hit_id)).collect();
+            rollups::apply(&mut tx, &fresh).await?;
             tx.commit().await?;
             Ok(())
         }
@@ -187,6 +275,10 @@ impl AnalyticsStore for SqliteAnalytics {
 
     fn summary<'a>(&'a self, query: &'a Query) -> BoxFuture<'a, anyhow::Result<Summary>> {
         async move {
+            if let Some((from, to)) = self.rollup_hours(query, query.from, query.to).await? {
+                let cells = rollups::read(&self.pool, query.site_id, ALL, from, to).await?;
+                return Ok(summary_of(&cells.into_values().next().unwrap_or_default()));
+            }
             let (filter, args) = where_clause(query, query.from, query.to)?;
             let sessions_sql = format!(
                 "SELECT COALESCE(AVG(pv <= 1 AND eng = 0), 0.0), COALESCE(AVG(dur), 0.0) FROM (
@@ -214,6 +306,7 @@ impl AnalyticsStore for SqliteAnalytics {
                 events: totals.try_get(3)?,
                 bounce_rate: sessions.try_get(0)?,
                 avg_session_seconds: sessions.try_get(1)?,
+                visitors_estimated: false,
             })
         }
         .boxed()
@@ -226,6 +319,35 @@ impl AnalyticsStore for SqliteAnalytics {
     ) -> BoxFuture<'a, anyhow::Result<Vec<TimeseriesPoint>>> {
         async move {
             let mut points = Vec::with_capacity(buckets.len());
+            let clipped: Vec<(Timestamp, Timestamp)> = buckets
+                .iter()
+                .map(|(start, end)| ((*start).max(query.from), (*end).min(query.to)))
+                .collect();
+            // Rollups when the whole range qualifies and every bucket is whole hours (always, in
+            // whole-hour zones); sessions are then counted in the bucket where they started.
+            if self
+                .rollup_hours(query, query.from, query.to)
+                .await?
+                .is_some()
+                && let Some(hours) = clipped
+                    .iter()
+                    .map(|(s, e)| whole_hours(s.as_millis(), e.as_millis()))
+                    .collect::<Option<Vec<_>>>()
+            {
+                for ((start, _), (from, to)) in buckets.iter().zip(hours) {
+                    let cells = rollups::read(&self.pool, query.site_id, ALL, from, to).await?;
+                    let s = summary_of(&cells.into_values().next().unwrap_or_default());
+                    points.push(TimeseriesPoint {
+                        start: *start,
+                        visitors: s.visitors,
+                        sessions: s.sessions,
+                        pageviews: s.pageviews,
+                        events: s.events,
+                        visitors_estimated: true,
+                    });
+                }
+                return Ok(points);
+            }
             // One indexed range scan per bucket: exact distinct counts, and each bucket is a
             // calendar unit of the site's zone computed by the caller (DST-correct).
             for (start, end) in buckets {
@@ -247,6 +369,7 @@ impl AnalyticsStore for SqliteAnalytics {
                     sessions: row.try_get(1)?,
                     pageviews: row.try_get(2)?,
                     events: row.try_get(3)?,
+                    visitors_estimated: false,
                 });
             }
             Ok(points)
@@ -261,6 +384,29 @@ impl AnalyticsStore for SqliteAnalytics {
         limit: u32,
     ) -> BoxFuture<'a, anyhow::Result<Vec<BreakdownRow>>> {
         async move {
+            if let Dimension::Column(column) = dimension
+                && let Some(code) = dimension_code(column)
+                && let Some((from, to)) = self.rollup_hours(query, query.from, query.to).await?
+            {
+                let cells = rollups::read(&self.pool, query.site_id, code, from, to).await?;
+                let mut rows: Vec<(String, BreakdownRow)> = cells
+                    .into_iter()
+                    .map(|(key, cell)| {
+                        let row = BreakdownRow {
+                            value: key_value(&key),
+                            visitors: cell.visitors.count(),
+                            events: cell.events,
+                            visitors_estimated: true,
+                        };
+                        (key, row)
+                    })
+                    .collect();
+                // The raw query's order: visitors, events, then the value with "not set" first.
+                rows.sort_by(|(ka, a), (kb, b)| {
+                    b.visitors.cmp(&a.visitors).then(b.events.cmp(&a.events)).then(ka.cmp(kb))
+                });
+                return Ok(rows.into_iter().take(limit as usize).map(|(_, r)| r).collect());
+            }
             let (filter, mut args) = where_clause(query, query.from, query.to)?;
             let mut n = 3 + query.filters.len() + query.filters.iter().filter(|f| matches!(f.dimension, Dimension::Param(_))).count();
             let column = column_sql(dimension, &mut args, &mut n)?;
@@ -276,8 +422,83 @@ impl AnalyticsStore for SqliteAnalytics {
             .fetch_all(&self.pool)
             .await?;
             rows.iter()
-                .map(|r| Ok(BreakdownRow { value: r.try_get(0)?, visitors: r.try_get(1)?, events: r.try_get(2)? }))
+                .map(|r| Ok(BreakdownRow { value: r.try_get(0)?, visitors: r.try_get(1)?, events: r.try_get(2)?, visitors_estimated: false }))
                 .collect()
+        }
+        .boxed()
+    }
+
+    fn funnel<'a>(
+        &'a self,
+        query: &'a Query,
+        steps: &'a [FunnelStep],
+        window_seconds: i64,
+    ) -> BoxFuture<'a, anyhow::Result<Vec<i64>>> {
+        async move {
+            use futures::TryStreamExt;
+            let (filter, mut args) = where_clause(query, query.from, query.to)?;
+            let mut n = placeholders_used(query);
+            let mut conditions = Vec::with_capacity(steps.len());
+            for step in steps {
+                conditions.push(match step {
+                    FunnelStep::Page(path) => {
+                        n += 1;
+                        args.add(path.clone()).map_err(anyhow::Error::msg)?;
+                        format!("(event_name = 'page_view' AND page_path = ?{n})")
+                    }
+                    FunnelStep::Event { name, param } => {
+                        n += 1;
+                        args.add(name.clone()).map_err(anyhow::Error::msg)?;
+                        let mut condition = format!("(event_name = ?{n}");
+                        if let Some((param, value)) = param {
+                            args.add(format!("$.\"{param}\""))
+                                .map_err(anyhow::Error::msg)?;
+                            args.add(value.clone()).map_err(anyhow::Error::msg)?;
+                            condition.push_str(&format!(
+                                " AND CAST(json_extract(params, ?{}) AS TEXT) = ?{}",
+                                n + 1,
+                                n + 2
+                            ));
+                            n += 2;
+                        }
+                        condition.push(')');
+                        condition
+                    }
+                });
+            }
+            // One pass over the matching events of the range, visitor by visitor, in time order.
+            let tick = funnel_tick_ms(query, window_seconds);
+            let window = window_seconds * 1000 / tick;
+            let sql = format!(
+                "SELECT visitor, (ts - {}) / {tick}, {} FROM events WHERE {filter} AND ({})
+                 ORDER BY visitor, ts, hit_id",
+                query.from.as_millis(),
+                conditions.join(", "),
+                conditions.join(" OR ")
+            );
+            let mut rows = sqlx::query_with(AssertSqlSafe(sql), args).fetch(&self.pool);
+            let mut reached = vec![0i64; steps.len()];
+            let mut current: Option<String> = None;
+            let mut events: Vec<(i64, Vec<bool>)> = Vec::new();
+            let mut finish = |events: &mut Vec<(i64, Vec<bool>)>| {
+                let level = funnel_level(events.drain(..), steps.len(), window);
+                for count in reached.iter_mut().take(level) {
+                    *count += 1;
+                }
+            };
+            while let Some(row) = rows.try_next().await? {
+                let visitor: String = row.try_get(0)?;
+                if current.as_deref() != Some(visitor.as_str()) {
+                    finish(&mut events);
+                    current = Some(visitor);
+                }
+                let matched = (0..steps.len())
+                    .map(|i| row.try_get::<bool, _>(i + 2))
+                    .collect::<Result<Vec<_>, _>>()?;
+                events.push((row.try_get(1)?, matched));
+            }
+            finish(&mut events);
+            Ok(reached)
         }
         .boxed()
     }
@@ -316,7 +537,7 @@ impl AnalyticsStore for SqliteAnalytics {
     }
 }
 
-fn row_to_event(r: &SqliteRow) -> anyhow::Result<AnalyticsEvent> {
+pub(super) fn row_to_event(r: &SqliteRow) -> anyhow::Result<AnalyticsEvent> {
     let params: String = r.try_get("params")?;
     Ok(AnalyticsEvent {
         hit_id: r.try_get("hit_id")?,

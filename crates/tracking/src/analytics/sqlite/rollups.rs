@@ -1,0 +1,374 @@
+//! The embedded store's rollup tables: `sessions` (one row per session, its aggregate) and
+//! `rollups` (per site × dimension × hour/day bucket × value: counters and a visitor sketch),
+//! written in the same transaction as the raw events they count (see [`super::super::rollup`]).
+
+use std::collections::HashMap;
+
+use sqlx::sqlite::{SqliteArguments, SqliteRow};
+use sqlx::{Arguments, AssertSqlSafe, Row, SqliteConnection, SqlitePool};
+
+use crate::analytics::AnalyticsEvent;
+use crate::analytics::rollup::{ALL, Cell, Delta, Key, SessionStats, cover};
+use crate::sites::SiteId;
+
+pub const SCHEMA: &[&str] = &[
+    // A rowid table (not WITHOUT ROWID): dense sketches are 4 KiB, larger than a page.
+    "CREATE TABLE IF NOT EXISTS rollups (
+        site_id     BLOB NOT NULL,
+        dim         INTEGER NOT NULL,
+        grain       INTEGER NOT NULL,
+        bucket      INTEGER NOT NULL,
+        value       TEXT NOT NULL,
+        events      INTEGER NOT NULL,
+        pageviews   INTEGER NOT NULL,
+        sessions    INTEGER NOT NULL,
+        bounces     INTEGER NOT NULL,
+        duration_ms INTEGER NOT NULL,
+        visitors    BLOB NOT NULL
+    )",
+    "CREATE UNIQUE INDEX IF NOT EXISTS rollups_key ON rollups(site_id, dim, grain, bucket, value)",
+    "CREATE TABLE IF NOT EXISTS sessions (
+        site_id     BLOB NOT NULL,
+        session     TEXT NOT NULL,
+        visitor     TEXT NOT NULL,
+        start_ts    INTEGER NOT NULL,
+        end_ts      INTEGER NOT NULL,
+        events      INTEGER NOT NULL,
+        pageviews   INTEGER NOT NULL,
+        engaged     INTEGER NOT NULL,
+        entry_ts    INTEGER, entry_page TEXT,
+        exit_ts     INTEGER, exit_page TEXT,
+        PRIMARY KEY (site_id, session)
+    ) WITHOUT ROWID",
+    "CREATE INDEX IF NOT EXISTS sessions_site_start ON sessions(site_id, start_ts)",
+    "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+];
+
+/// Bump to rebuild every rollup from the raw events on the next open.
+const VERSION: &str = "1";
+
+/// Rows per multi-row statement.
+const CHUNK: usize = 500;
+
+fn arg<'q, T>(args: &mut SqliteArguments, value: T) -> anyhow::Result<()>
+where
+    T: sqlx::Encode<'q, sqlx::Sqlite> + sqlx::Type<sqlx::Sqlite> + 'q,
+{
+    args.add(value).map_err(anyhow::Error::msg)
+}
+
+/// Folds newly stored events (each counted exactly once: the caller passes only the events its
+/// insert actually wrote) into `sessions` and `rollups`.
+pub async fn apply(conn: &mut SqliteConnection, fresh: &[&AnalyticsEvent]) -> anyhow::Result<()> {
+    let mut delta = Delta::default();
+    let mut batch_sessions: HashMap<(SiteId, &str), SessionStats> = HashMap::new();
+    for e in fresh.iter().filter(|e| !e.bot) {
+        delta.add_event(e);
+        let stats = SessionStats::of(e);
+        batch_sessions
+            .entry((e.site_id, e.session.as_str()))
+            .and_modify(|s| s.merge(&stats))
+            .or_insert(stats);
+    }
+    if batch_sessions.is_empty() {
+        return Ok(());
+    }
+
+    // Sessions: old aggregate out, new aggregate in.
+    let mut by_site: HashMap<SiteId, Vec<&str>> = HashMap::new();
+    for (site, session) in batch_sessions.keys() {
+        by_site.entry(*site).or_default().push(session);
+    }
+    let mut stored: HashMap<(SiteId, String), SessionStats> = HashMap::new();
+    for (site, sessions) in &by_site {
+        for chunk in sessions.chunks(CHUNK) {
+            let mut args = SqliteArguments::default();
+            arg(&mut args, *site)?;
+            for s in chunk {
+                arg(&mut args, *s)?;
+            }
+            let placeholders = (2..chunk.len() + 2)
+                .map(|i| format!("?{i}"))
+                .collect::<Vec<_>>()
+                .join(",");
+            let rows: Vec<SqliteRow> = sqlx::query_with(
+                AssertSqlSafe(format!(
+                    "SELECT session, visitor, start_ts, end_ts, events, pageviews, engaged,
+                            entry_ts, entry_page, exit_ts, exit_page
+                     FROM sessions WHERE site_id = ?1 AND session IN ({placeholders})"
+                )),
+                args,
+            )
+            .fetch_all(&mut *conn)
+            .await?;
+            for r in rows {
+                stored.insert((*site, r.try_get("session")?), session_from_row(&r)?);
+            }
+        }
+    }
+    let mut updated = Vec::with_capacity(batch_sessions.len());
+    for ((site, session), batch) in batch_sessions {
+        let new = match stored.remove(&(site, session.to_owned())) {
+            Some(old) => {
+                delta.add_session(site, &old, -1);
+                let mut new = old;
+                new.merge(&batch);
+                new
+            }
+            None => batch,
+        };
+        delta.add_session(site, &new, 1);
+        updated.push((site, session, new));
+    }
+    for chunk in updated.chunks(CHUNK) {
+        let mut args = SqliteArguments::default();
+        for (site, session, s) in chunk {
+            arg(&mut args, *site)?;
+            arg(&mut args, *session)?;
+            arg(&mut args, s.visitor.as_str())?;
+            arg(&mut args, s.start_ts)?;
+            arg(&mut args, s.end_ts)?;
+            arg(&mut args, s.events)?;
+            arg(&mut args, s.pageviews)?;
+            arg(&mut args, s.engaged)?;
+            arg(&mut args, s.entry.as_ref().map(|e| e.0))?;
+            arg(&mut args, s.entry.as_ref().and_then(|e| e.1.clone()))?;
+            arg(&mut args, s.exit.as_ref().map(|e| e.0))?;
+            arg(&mut args, s.exit.as_ref().and_then(|e| e.1.clone()))?;
+        }
+        let placeholders = vec!["(?,?,?,?,?,?,?,?,?,?,?,?)"; chunk.len()].join(",");
+        sqlx::query_with(
+            AssertSqlSafe(format!(
+                "INSERT OR REPLACE INTO sessions (site_id, session, visitor, start_ts, end_ts,
+                    events, pageviews, engaged, entry_ts, entry_page, exit_ts, exit_page)
+                 VALUES {placeholders}"
+            )),
+            args,
+        )
+        .execute(&mut *conn)
+        .await?;
+    }
+
+    // Rollup cells: read what is stored for the touched keys, add, write back.
+    // (site, dimension, grain, bucket) → the touched values.
+    type Group = (SiteId, u8, u8, i64);
+    let mut groups: HashMap<Group, Vec<(String, Cell)>> = HashMap::new();
+    for ((site, dim, grain, bucket, value), cell) in delta.cells {
+        groups
+            .entry((site, dim, grain, bucket))
+            .or_default()
+            .push((value, cell));
+    }
+    let mut merged: Vec<(Key, Cell)> = Vec::new();
+    for ((site, dim, grain, bucket), cells) in groups {
+        for chunk in cells.chunks(CHUNK) {
+            let mut args = SqliteArguments::default();
+            arg(&mut args, site)?;
+            arg(&mut args, i64::from(dim))?;
+            arg(&mut args, i64::from(grain))?;
+            arg(&mut args, bucket)?;
+            for (value, _) in chunk {
+                arg(&mut args, value.as_str())?;
+            }
+            let placeholders = (5..chunk.len() + 5)
+                .map(|i| format!("?{i}"))
+                .collect::<Vec<_>>()
+                .join(",");
+            let rows: Vec<SqliteRow> = sqlx::query_with(
+                AssertSqlSafe(format!(
+                    "SELECT value, events, pageviews, sessions, bounces, duration_ms, visitors
+                     FROM rollups WHERE site_id = ?1 AND dim = ?2 AND grain = ?3 AND bucket = ?4
+                     AND value IN ({placeholders})"
+                )),
+                args,
+            )
+            .fetch_all(&mut *conn)
+            .await?;
+            let mut existing: HashMap<String, Cell> = HashMap::with_capacity(rows.len());
+            for r in &rows {
+                let (value, cell) = cell_from_row(r)?;
+                existing.insert(value, cell);
+            }
+            for (value, cell) in chunk {
+                let mut total = existing.remove(value).unwrap_or_default();
+                total.add(cell);
+                merged.push(((site, dim, grain, bucket, value.clone()), total));
+            }
+        }
+    }
+    for chunk in merged.chunks(CHUNK) {
+        let mut args = SqliteArguments::default();
+        for ((site, dim, grain, bucket, value), cell) in chunk {
+            arg(&mut args, *site)?;
+            arg(&mut args, i64::from(*dim))?;
+            arg(&mut args, i64::from(*grain))?;
+            arg(&mut args, *bucket)?;
+            arg(&mut args, value.as_str())?;
+            arg(&mut args, cell.events)?;
+            arg(&mut args, cell.pageviews)?;
+            arg(&mut args, cell.sessions)?;
+            arg(&mut args, cell.bounces)?;
+            arg(&mut args, cell.duration_ms)?;
+            arg(&mut args, cell.visitors.to_bytes())?;
+        }
+        let placeholders = vec!["(?,?,?,?,?,?,?,?,?,?,?)"; chunk.len()].join(",");
+        sqlx::query_with(
+            AssertSqlSafe(format!(
+                "INSERT INTO rollups (site_id, dim, grain, bucket, value, events, pageviews,
+                    sessions, bounces, duration_ms, visitors)
+                 VALUES {placeholders}
+                 ON CONFLICT (site_id, dim, grain, bucket, value) DO UPDATE SET
+                    events = excluded.events, pageviews = excluded.pageviews,
+                    sessions = excluded.sessions, bounces = excluded.bounces,
+                    duration_ms = excluded.duration_ms, visitors = excluded.visitors"
+            )),
+            args,
+        )
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(())
+}
+
+fn session_from_row(r: &SqliteRow) -> anyhow::Result<SessionStats> {
+    let entry_ts: Option<i64> = r.try_get("entry_ts")?;
+    let exit_ts: Option<i64> = r.try_get("exit_ts")?;
+    let entry_page: Option<String> = r.try_get("entry_page")?;
+    let exit_page: Option<String> = r.try_get("exit_page")?;
+    Ok(SessionStats {
+        visitor: r.try_get("visitor")?,
+        start_ts: r.try_get("start_ts")?,
+        end_ts: r.try_get("end_ts")?,
+        events: r.try_get("events")?,
+        pageviews: r.try_get("pageviews")?,
+        engaged: r.try_get("engaged")?,
+        entry: entry_ts.map(|t| (t, entry_page)),
+        exit: exit_ts.map(|t| (t, exit_page)),
+    })
+}
+
+fn cell_from_row(r: &SqliteRow) -> anyhow::Result<(String, Cell)> {
+    let sketch: &[u8] = r.try_get("visitors")?;
+    let mut cell = Cell {
+        events: r.try_get("events")?,
+        pageviews: r.try_get("pageviews")?,
+        sessions: r.try_get("sessions")?,
+        bounces: r.try_get("bounces")?,
+        duration_ms: r.try_get("duration_ms")?,
+        ..Cell::default()
+    };
+    cell.visitors.merge_bytes(sketch)?;
+    Ok((r.try_get("value")?, cell))
+}
+
+/// The cells of `dim` over the epoch hours `[from, to)`, merged per value key.
+pub async fn read(
+    pool: &SqlitePool,
+    site: SiteId,
+    dim: u8,
+    from: i64,
+    to: i64,
+) -> anyhow::Result<HashMap<String, Cell>> {
+    let mut out: HashMap<String, Cell> = HashMap::new();
+    for (grain, start, end) in cover(from, to) {
+        let rows: Vec<SqliteRow> = sqlx::query(
+            "SELECT value, events, pageviews, sessions, bounces, duration_ms, visitors
+             FROM rollups WHERE site_id = ?1 AND dim = ?2 AND grain = ?3
+             AND bucket >= ?4 AND bucket < ?5",
+        )
+        .bind(site)
+        .bind(i64::from(dim))
+        .bind(i64::from(grain))
+        .bind(start)
+        .bind(end)
+        .fetch_all(pool)
+        .await?;
+        for r in &rows {
+            let sketch: &[u8] = r.try_get("visitors")?;
+            let value: String = r.try_get("value")?;
+            let cell = out.entry(value).or_default();
+            cell.events += r.try_get::<i64, _>("events")?;
+            cell.pageviews += r.try_get::<i64, _>("pageviews")?;
+            cell.sessions += r.try_get::<i64, _>("sessions")?;
+            cell.bounces += r.try_get::<i64, _>("bounces")?;
+            cell.duration_ms += r.try_get::<i64, _>("duration_ms")?;
+            cell.visitors.merge_bytes(sketch)?;
+        }
+    }
+    Ok(out)
+}
+
+/// Events counted in `[from, to)` (epoch hours): the rollups' own answer, without sketches.
+pub async fn event_count(
+    pool: &SqlitePool,
+    site: SiteId,
+    from: i64,
+    to: i64,
+) -> anyhow::Result<i64> {
+    let mut total = 0;
+    for (grain, start, end) in cover(from, to) {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT COALESCE(SUM(events), 0) FROM rollups WHERE site_id = ?1 AND dim = ?2
+             AND grain = ?3 AND bucket >= ?4 AND bucket < ?5",
+        )
+        .bind(site)
+        .bind(i64::from(ALL))
+        .bind(i64::from(grain))
+        .bind(start)
+        .bind(end)
+        .fetch_one(pool)
+        .await?;
+        total += n;
+    }
+    Ok(total)
+}
+
+/// Builds the rollups from the raw events when they were built by an older version (or not at
+/// all: databases from before rollups existed). Runs once, on open, in one transaction.
+pub async fn ensure_built(pool: &SqlitePool) -> anyhow::Result<()> {
+    let version: Option<String> =
+        sqlx::query_scalar("SELECT value FROM meta WHERE key = 'rollups'")
+            .fetch_optional(pool)
+            .await?;
+    if version.as_deref() == Some(VERSION) {
+        return Ok(());
+    }
+    let started = std::time::Instant::now();
+    let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+    sqlx::query("DELETE FROM rollups").execute(&mut *tx).await?;
+    sqlx::query("DELETE FROM sessions")
+        .execute(&mut *tx)
+        .await?;
+    let mut after: Option<uuid::Uuid> = None;
+    let mut total = 0usize;
+    loop {
+        let rows: Vec<SqliteRow> = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {} FROM events WHERE ?1 IS NULL OR hit_id > ?1 ORDER BY hit_id LIMIT 50000",
+            super::COLUMNS
+        )))
+        .bind(after)
+        .fetch_all(&mut *tx)
+        .await?;
+        let Some(last) = rows.last() else { break };
+        after = Some(last.try_get("hit_id")?);
+        let events = rows
+            .iter()
+            .map(super::row_to_event)
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        total += events.len();
+        apply(&mut tx, &events.iter().collect::<Vec<_>>()).await?;
+    }
+    sqlx::query("INSERT OR REPLACE INTO meta (key, value) VALUES ('rollups', ?1)")
+        .bind(VERSION)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    if total > 0 {
+        tracing::info!(
+            events = total,
+            seconds = started.elapsed().as_secs_f64(),
+            "analytics rollups rebuilt from raw events"
+        );
+    }
+    Ok(())
+}
