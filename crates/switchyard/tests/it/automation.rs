@@ -283,13 +283,13 @@ crate::backend_test!(rules_crud_versions_and_validation, |app| async move {
     );
 });
 
+/// Requests a receiver got: headers and body.
+type Received = Arc<Mutex<Vec<(axum::http::HeaderMap, String)>>>;
+
 /// A receiver that records every request and answers 200.
-async fn receiver() -> (String, Arc<Mutex<Vec<(axum::http::HeaderMap, String)>>>) {
-    let seen: Arc<Mutex<Vec<(axum::http::HeaderMap, String)>>> = Arc::default();
-    async fn record(
-        State(seen): State<Arc<Mutex<Vec<(axum::http::HeaderMap, String)>>>>,
-        req: Request,
-    ) -> &'static str {
+async fn receiver() -> (String, Received) {
+    let seen: Received = Arc::default();
+    async fn record(State(seen): State<Received>, req: Request) -> &'static str {
         let (parts, body) = req.into_parts();
         let body = axum::body::to_bytes(body, 1 << 20).await.unwrap();
         seen.lock()
@@ -700,5 +700,22 @@ pub async fn tenancy_fixture(app: &TestApp, owner_a: &User, ws_a: &str) -> (Stri
     s.event(app, json!({"trigger": "tenancy_check", "email": "tenancy-auto@example.com", "createLeadIfMissing": true}))
         .await;
     let runs = s.settled_runs(app, &rule, 1).await;
+    // The run's own domain events (the tag) are still being relayed: wait until the workspace's
+    // jobs stop changing, so the tenancy walk's snapshots compare settled data.
+    let jobs = s.path("/jobs?limit=200");
+    let mut last = Value::Null;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, page) = app.get(&jobs, &owner_a.token).await;
+        if page == last {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the workspace's jobs never settled"
+        );
+        last = page;
+        tokio::time::sleep(Duration::from_millis(700)).await;
+    }
     (rule, runs[0]["id"].as_str().unwrap().to_owned())
 }
