@@ -29,6 +29,12 @@ pub enum Trigger {
     Event { event: String },
     /// A named custom event sent to the trigger API (`appointment_confirmed`, `deal_won`, …).
     Custom { name: String },
+    /// A cron schedule (five fields or `@daily`, …) in an IANA time zone (default `UTC`). Runs
+    /// have no contact: use steps that do not need one (webhook, …).
+    Schedule {
+        cron: String,
+        time_zone: Option<String>,
+    },
 }
 
 impl Trigger {
@@ -37,9 +43,13 @@ impl Trigger {
         match self {
             Trigger::Event { event } => event_key(event),
             Trigger::Custom { name } => custom_key(name),
+            Trigger::Schedule { .. } => SCHEDULE_KEY.to_owned(),
         }
     }
 }
+
+/// The trigger key of schedule runs (schedules are not in the event index).
+pub const SCHEDULE_KEY: &str = "schedule";
 
 pub fn event_key(event_type: &str) -> String {
     format!("event:{event_type}")
@@ -236,7 +246,7 @@ pub fn parse_triggers(raw: &[Value]) -> Result<Vec<Trigger>, ApiError> {
         let trigger: Trigger = serde_json::from_value(value.clone()).map_err(|e| {
             ApiError::invalid_field(
                 &at,
-                format!("`{at}`: {e} (supported: `event` with `event`, `custom` with `name`)."),
+                format!("`{at}`: {e} (supported: `event` with `event`, `custom` with `name`, `schedule` with `cron` and `time_zone`)."),
             )
         })?;
         match &trigger {
@@ -251,6 +261,19 @@ pub fn parse_triggers(raw: &[Value]) -> Result<Vec<Trigger>, ApiError> {
                     &format!("{at}.event"),
                     format!("`{at}.event`: use a `custom` trigger for trigger API events."),
                 ));
+            }
+            Trigger::Schedule { cron, time_zone } => {
+                platform::cron::CronSpec::parse(cron, time_zone.as_deref().unwrap_or("UTC"))
+                    .map_err(|e| {
+                        let field = match e {
+                            platform::cron::SpecError::TimeZone(_) => "time_zone",
+                            platform::cron::SpecError::Cron { .. } => "cron",
+                        };
+                        ApiError::invalid_field(
+                            &format!("{at}.{field}"),
+                            format!("`{at}.{field}`: {e}."),
+                        )
+                    })?;
             }
             Trigger::Custom { name } if !valid_trigger_name(name) => {
                 return Err(ApiError::invalid_field(

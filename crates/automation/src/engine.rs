@@ -250,6 +250,12 @@ impl Engine {
             },
         );
         registry.register(
+            store::CRON_JOB,
+            Cron {
+                engine: self.clone(),
+            },
+        );
+        registry.register(
             RESUME_JOB,
             Resume {
                 engine: self.clone(),
@@ -322,6 +328,53 @@ impl Engine {
             self.advance(&scope, run).await?;
         }
         Ok(())
+    }
+
+    /// Starts the run of a schedule slot (once per rule and slot) and moves it forward.
+    pub async fn on_schedule(
+        &self,
+        workspace: WorkspaceId,
+        automation: AutomationId,
+        slot: Timestamp,
+        job: platform::id::JobId,
+    ) -> ApiResult<()> {
+        let scope = Scope::system(workspace);
+        let rule = match store::get(&self.db, &scope, automation).await {
+            Ok(rule) => rule,
+            Err(e) if e.status.is_client_error() => return Ok(()), // deleted since
+            Err(e) => return Err(e),
+        };
+        if !rule.enabled {
+            return Ok(());
+        }
+        let definition = definition::Definition {
+            triggers: rule.triggers,
+            conditions: rule.conditions,
+            steps: rule.steps,
+        };
+        let Ok(compiled) = definition.compile(&self.plugins) else {
+            return Ok(());
+        };
+        let event = json!({"type": "schedule", "id": format!("schedule:{}", slot.to_rfc3339()), "at": slot});
+        let context = json!({"contact": null, "event": &event, "deal": null});
+        if let Some(conditions) = &compiled.conditions
+            && !conditions.evaluate(&context)
+        {
+            return Ok(());
+        }
+        let run = self
+            .start_run(
+                &scope,
+                automation,
+                rule.version,
+                None,
+                definition::SCHEDULE_KEY,
+                // The job's id, not its `run_at`: a retried job keeps its id but not its time.
+                &format!("schedule:{job}"),
+                &event,
+            )
+            .await?;
+        self.advance(&scope, run).await
     }
 
     /// Inserts the run (once per rule and trigger event) and returns its id.
@@ -1341,6 +1394,33 @@ fn job_error(err: ApiError) -> JobError {
 
 struct Resume {
     engine: Engine,
+}
+
+/// The `automation.cron` job: one slot of a rule's schedule (`run_at` is the slot).
+struct Cron {
+    engine: Engine,
+}
+
+#[derive(Deserialize)]
+struct CronJob {
+    automation_id: AutomationId,
+}
+
+impl JobHandler for Cron {
+    fn run<'a>(&'a self, job: &'a JobContext) -> BoxFuture<'a, Result<(), JobError>> {
+        Box::pin(async move {
+            let payload: CronJob = job.payload_as()?;
+            let Some(workspace) = job.workspace_id else {
+                return Err(JobError::permanent(anyhow::anyhow!(
+                    "a rule schedule without a workspace"
+                )));
+            };
+            self.engine
+                .on_schedule(workspace, payload.automation_id, job.run_at, job.id)
+                .await
+                .map_err(job_error)
+        })
+    }
 }
 
 impl JobHandler for Resume {

@@ -176,7 +176,10 @@ async fn index_triggers(
     if !enabled {
         return Ok(());
     }
-    for trigger in triggers {
+    for trigger in triggers
+        .iter()
+        .filter(|t| !matches!(t, Trigger::Schedule { .. }))
+    {
         with_tx!(&mut *tx, conn => sqlx::query(
             "INSERT INTO automation_triggers (workspace_id, trigger_key, automation_id) VALUES ($1, $2, $3)
              ON CONFLICT DO NOTHING",
@@ -229,6 +232,7 @@ pub async fn create(
     )
     .await?;
     tx.commit().await?;
+    sync_schedules(db, scope, created.id, created.enabled, &created.triggers).await?;
     Ok(created)
 }
 
@@ -309,16 +313,69 @@ pub async fn update(
     index_triggers(&mut tx, scope, id, enabled, &triggers).await?;
     let after = get_in(&mut tx, scope, id).await?;
     tx.commit().await?;
+    if redefined || enabled != before.enabled {
+        sync_schedules(db, scope, id, after.enabled, &after.triggers).await?;
+    }
     Ok(after)
 }
 
 /// Deletes a rule with its versions and runs.
 pub async fn delete(db: &Db, scope: &Scope, id: AutomationId) -> ApiResult<()> {
+    get(db, scope, id).await?;
+    sync_schedules(db, scope, id, false, &[]).await?;
     let deleted = with_db!(db, pool => sqlx::query(
         "DELETE FROM automations WHERE workspace_id = $1 AND id = $2",
     ).bind(scope.workspace_id).bind(id).execute(pool).await.map(|r| r.rows_affected()))?;
     if deleted == 0 {
         return Err(automation_not_found());
+    }
+    Ok(())
+}
+
+/// The job a rule's schedule enqueues on every slot.
+pub const CRON_JOB: &str = "automation.cron";
+
+/// Replaces the platform schedules of a rule's schedule triggers: none while disabled. The
+/// schedules live in the platform's table and are written through its API, after the rule's
+/// own commit; a failure here is reported to the caller, and the next change of the rule
+/// repairs it.
+async fn sync_schedules(
+    db: &Db,
+    scope: &Scope,
+    id: AutomationId,
+    enabled: bool,
+    triggers: &[Trigger],
+) -> ApiResult<()> {
+    let existing: Vec<platform::id::ScheduleId> = with_db!(db, pool => sqlx::query_scalar(
+        "SELECT schedule_id FROM automation_schedules WHERE workspace_id = $1 AND automation_id = $2",
+    ).bind(scope.workspace_id).bind(id).fetch_all(pool).await)?;
+    for schedule in existing {
+        match platform::cron::delete_schedule(db, Some(scope.workspace_id), schedule).await {
+            Ok(()) | Err(platform::cron::ScheduleError::NotFound) => {}
+            Err(e) => return Err(e.into()),
+        }
+        with_db!(db, pool => sqlx::query("DELETE FROM automation_schedules WHERE schedule_id = $1")
+            .bind(schedule).execute(pool).await.map(|_| ()))?;
+    }
+    if !enabled {
+        return Ok(());
+    }
+    for (i, trigger) in triggers.iter().enumerate() {
+        let Trigger::Schedule { cron, time_zone } = trigger else {
+            continue;
+        };
+        let new = platform::cron::NewSchedule::new(
+            format!("automation {id} #{i}"),
+            cron.clone(),
+            time_zone.clone().unwrap_or_else(|| "UTC".to_owned()),
+            CRON_JOB,
+            serde_json::json!({ "automation_id": id }),
+        )
+        .workspace(scope.workspace_id);
+        let schedule = platform::cron::create_schedule(db, new, Timestamp::now()).await?;
+        with_db!(db, pool => sqlx::query(
+            "INSERT INTO automation_schedules (schedule_id, workspace_id, automation_id) VALUES ($1, $2, $3)",
+        ).bind(schedule.id).bind(scope.workspace_id).bind(id).execute(pool).await.map(|_| ()))?;
     }
     Ok(())
 }

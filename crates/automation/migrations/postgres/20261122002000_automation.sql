@@ -70,3 +70,11 @@ CREATE TABLE automation_run_steps (
     finished_at  TIMESTAMPTZ,
     PRIMARY KEY (run_id, position)
 );
+
+-- The platform cron schedules of a rule's schedule triggers (recreated on every change).
+CREATE TABLE automation_schedules (
+    schedule_id   UUID PRIMARY KEY,
+    workspace_id  UUID NOT NULL,
+    automation_id UUID NOT NULL REFERENCES automations(id) ON DELETE CASCADE
+);
+CREATE INDEX automation_schedules_rule ON automation_schedules(automation_id);

@@ -96,7 +96,7 @@ impl Setup {
         accepted
     }
 
-    /// Waits until the rule has `n` runs that are no longer running, and returns them.
+    /// Waits until the rule has `n` runs that have finished (succeeded or failed).
     async fn settled_runs(&self, app: &TestApp, rule: &str, n: usize) -> Vec<Value> {
         eventually(&format!("{n} settled run(s)"), || async {
             let (_, page) = app
@@ -106,7 +106,8 @@ impl Setup {
                 )
                 .await;
             let runs = page["data"].as_array().cloned().unwrap_or_default();
-            (runs.len() >= n && runs.iter().all(|r| r["status"] != "running")).then_some(runs)
+            let finished = |r: &Value| r["status"] == "succeeded" || r["status"] == "failed";
+            (runs.len() >= n && runs.iter().all(finished)).then_some(runs)
         })
         .await
     }
@@ -664,8 +665,17 @@ automation_test!(a_wait_resumes_after_a_restart, |app| async move {
         json!({"trigger": "appointment_reminder", "contact_id": contact, "variables": {"at": at}}),
     )
     .await;
-    let runs = s.settled_runs(&app, &rule, 1).await;
-    assert_eq!(runs[0]["status"], "waiting", "{runs:?}");
+    let runs = eventually("the run to park on its wait", || async {
+        let (_, page) = app
+            .get(
+                &s.path(&format!("/automations/{rule}/runs")),
+                &s.owner.token,
+            )
+            .await;
+        let runs = page["data"].as_array().cloned().unwrap_or_default();
+        (runs.len() == 1 && runs[0]["status"] == "waiting").then_some(runs)
+    })
+    .await;
     let run_id = runs[0]["id"].as_str().unwrap().to_owned();
 
     let app = app.restart().await;
@@ -679,6 +689,112 @@ automation_test!(a_wait_resumes_after_a_restart, |app| async move {
     assert_eq!(steps[1]["kind"], "wait");
     let tags = s.contact(&app, &contact).await["tags"].clone();
     assert!(tags.as_array().unwrap().contains(&json!("after")), "{tags}");
+});
+
+automation_test!(a_cron_rule_fires_on_its_schedule, |app| async move {
+    let s = setup(&app, "auto-cron").await;
+    let t = &s.owner.token;
+    let (url, seen) = receiver().await;
+    let (status, endpoint) = app
+        .post(
+            &s.path("/webhooks"),
+            t,
+            json!({"url": url, "event_types": ["automation.digest"]}),
+        )
+        .await;
+    assert_eq!(status, 201, "{endpoint}");
+    let endpoint_id = endpoint["endpoint"]["id"].as_str().unwrap();
+    let (status, err) = app
+        .post(
+            &s.path("/automations"),
+            t,
+            json!({"name": "Bad zone",
+            "triggers": [{"type": "schedule", "cron": "0 9 * * *", "time_zone": "Mars/Olympus"}],
+            "steps": [{"type": "webhook", "endpoint_id": endpoint_id}]}),
+        )
+        .await;
+    assert_eq!(
+        (status, err["error"]["details"]["field"].clone()),
+        (422, json!("triggers[0].time_zone"))
+    );
+    let (status, err) = app
+        .post(
+            &s.path("/automations"),
+            t,
+            json!({"name": "Bad cron",
+            "triggers": [{"type": "schedule", "cron": "61 * * * *"}],
+            "steps": [{"type": "webhook", "endpoint_id": endpoint_id}]}),
+        )
+        .await;
+    assert_eq!(
+        (status, err["error"]["details"]["field"].clone()),
+        (422, json!("triggers[0].cron"))
+    );
+
+    let rule = s
+        .rule(&app, json!({
+            "name": "Every minute in São Paulo",
+            "triggers": [{"type": "schedule", "cron": "* * * * *", "time_zone": "America/Sao_Paulo"}],
+            "steps": [{"type": "webhook", "endpoint_id": endpoint_id, "event_type": "automation.digest",
+                       "data": {"at": "{{event.at}}"}}],
+        }))
+        .await;
+    // Move the scheduler's clock past the next slot instead of waiting for it.
+    let fired = platform::cron::tick(
+        &app.state.db,
+        platform::Timestamp::now() + Duration::from_secs(61),
+    )
+    .await
+    .unwrap();
+    assert!(fired >= 1);
+    // The slot's job is due at the slot itself: bring it forward to now.
+    platform::with_db!(&app.state.db, pool => sqlx::query(
+        "UPDATE jobs SET run_at = $1 WHERE kind = 'automation.cron' AND status = 'queued'",
+    )
+    .bind(platform::Timestamp::now())
+    .execute(pool)
+    .await
+    .map(|r| r.rows_affected()))
+    .unwrap();
+    let runs = eventually("the scheduled run to succeed", || async {
+        let runs = s.settled_runs(&app, &rule, 1).await;
+        (runs[0]["status"] == "succeeded").then_some(runs)
+    })
+    .await;
+    assert_eq!(runs[0]["trigger"], "schedule");
+    assert_eq!(runs[0]["contact_id"], Value::Null);
+    eventually("the scheduled webhook", || async {
+        (!seen.lock().unwrap().is_empty()).then_some(())
+    })
+    .await;
+    let body: Value = serde_json::from_str(&seen.lock().unwrap()[0].1).unwrap();
+    assert_eq!(body["type"], "automation.digest");
+    assert!(
+        body["data"]["at"].as_str().unwrap().ends_with('Z'),
+        "{body}"
+    );
+
+    // Disabled, the rule's schedule is gone: later slots start nothing.
+    let (status, _) = app
+        .call(
+            Method::PATCH,
+            &s.path(&format!("/automations/{rule}")),
+            Some(t),
+            Some(json!({"enabled": false})),
+        )
+        .await;
+    assert_eq!(status, 200);
+    platform::cron::tick(
+        &app.state.db,
+        platform::Timestamp::now() + Duration::from_secs(300),
+    )
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (_, page) = app
+        .get(&s.path(&format!("/automations/{rule}/runs")), t)
+        .await;
+    assert_eq!(page["data"].as_array().unwrap().len(), 1);
 });
 
 /// For the tenancy walk: an automation of `ws_a` with one run.
