@@ -203,7 +203,16 @@ pub struct Engine {
     db: Db,
     plugins: Arc<Plugins>,
     wakeup: Option<Arc<Notify>>,
+    /// Domain event types some enabled rule (any workspace) triggers on: the consumer only
+    /// asks for these, so events no rule wants cost no delivery job. Refreshed after every rule
+    /// change in this process and every [`WATCH_REFRESH`] from the database (other processes).
+    /// `None` until first read: everything is wanted until then.
+    watched: Arc<std::sync::RwLock<Option<std::collections::HashSet<String>>>>,
 }
+
+/// How often the watched event types are re-read (the longest a rule created through another
+/// process waits before its events are relayed to it).
+pub const WATCH_REFRESH: Duration = Duration::from_secs(2);
 
 /// The job payload of a resume or an external step.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -227,7 +236,45 @@ impl Engine {
             db,
             plugins: Arc::new(plugins),
             wakeup,
+            watched: Arc::default(),
         }
+    }
+
+    /// Re-reads which domain event types enabled rules trigger on.
+    pub async fn refresh_watched(&self) -> ApiResult<()> {
+        let keys: Vec<String> = with_db!(&self.db, pool => sqlx::query_scalar(
+            "SELECT DISTINCT trigger_key FROM automation_triggers WHERE trigger_key LIKE 'event:%'",
+        ).fetch_all(pool).await)?;
+        let types = keys
+            .into_iter()
+            .filter_map(|k| k.strip_prefix("event:").map(str::to_owned))
+            .collect();
+        if let Ok(mut watched) = self.watched.write() {
+            *watched = Some(types);
+        }
+        Ok(())
+    }
+
+    /// Keeps the watched event types fresh until `shutdown` (the worker role runs this).
+    pub async fn watch(self, shutdown: tokio_util::sync::CancellationToken) {
+        loop {
+            if let Err(err) = self.refresh_watched().await {
+                tracing::warn!(error = %err, "cannot read the automation trigger index");
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = tokio::time::sleep(WATCH_REFRESH) => {}
+            }
+        }
+    }
+
+    fn wants(&self, event_type: &str) -> bool {
+        event_type == EVENT_RECEIVED
+            || self
+                .watched
+                .read()
+                .map(|w| w.as_ref().is_none_or(|set| set.contains(event_type)))
+                .unwrap_or(true)
     }
 
     pub fn plugins(&self) -> &Plugins {
@@ -1355,10 +1402,10 @@ impl Consumer for TriggerConsumer {
         CONSUMER
     }
 
-    /// Any domain event can trigger a rule; which rules it triggers is one indexed query per
-    /// event in `handle`. Webhook bookkeeping events are not automation material.
+    /// Trigger API events, and the domain event types some enabled rule triggers on; which
+    /// rules an event triggers is one indexed query per event in `handle`.
     fn wants(&self, event_type: &str) -> bool {
-        !event_type.starts_with("webhook.")
+        self.engine.wants(event_type)
     }
 
     fn handle<'a>(

@@ -45,6 +45,7 @@ async fn create_automation(
 ) -> ApiResult<(StatusCode, Json<Automation>)> {
     scope.require(Role::Member)?;
     let created = store::create(&state.db, engine.plugins(), &scope, req).await?;
+    engine.refresh_watched().await?;
     Ok((StatusCode::CREATED, Json(created)))
 }
 
@@ -87,9 +88,9 @@ async fn update_automation(
 ) -> ApiResult<Json<Automation>> {
     let Path((_, id)) = path;
     scope.require(Role::Member)?;
-    Ok(Json(
-        store::update(&state.db, engine.plugins(), &scope, id, req).await?,
-    ))
+    let updated = store::update(&state.db, engine.plugins(), &scope, id, req).await?;
+    engine.refresh_watched().await?;
+    Ok(Json(updated))
 }
 
 /// Delete a rule with its versions and runs.

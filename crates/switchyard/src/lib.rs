@@ -209,6 +209,11 @@ async fn start_worker_role(
         outbox::run_relay(db, consumers, wakeup, Duration::from_millis(500), token).await;
         Ok(())
     });
+    let (engine, token) = (automation.clone(), shutdown.clone());
+    background.spawn(async move {
+        engine.watch(token).await;
+        Ok(())
+    });
     let (db, wakeup, token) = (
         state.db.clone(),
         state.jobs_wakeup.clone(),

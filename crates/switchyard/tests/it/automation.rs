@@ -819,13 +819,13 @@ pub async fn tenancy_fixture(app: &TestApp, owner_a: &User, ws_a: &str) -> (Stri
     // The run's own domain events (the tag) are still being relayed: wait until the workspace's
     // jobs stop changing, so the tenancy walk's snapshots compare settled data.
     let jobs = s.path("/jobs?limit=200");
+    // Settled = the same list on three polls in a row (the relay polls every 500 ms).
     let mut last = Value::Null;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
+    let mut same = 0;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while same < 2 {
         let (_, page) = app.get(&jobs, &owner_a.token).await;
-        if page == last {
-            break;
-        }
+        same = if page == last { same + 1 } else { 0 };
         assert!(
             Instant::now() < deadline,
             "the workspace's jobs never settled"
