@@ -209,8 +209,13 @@ async fn main() -> anyhow::Result<()> {
     server.await??;
 
     let date = chrono::Utc::now().format("%Y-%m-%d").to_string();
+    let profile = if cfg!(debug_assertions) {
+        "debug"
+    } else {
+        "release"
+    };
     let command = format!(
-        "target/release/bench-automation --events {} --gap-ms {} --webhooks {} --concurrency {}",
+        "target/{profile}/bench-automation --events {} --gap-ms {} --webhooks {} --concurrency {}",
         args.events, args.gap_ms, args.webhooks, args.concurrency
     );
     let report = format!(
@@ -239,14 +244,29 @@ async fn main() -> anyhow::Result<()> {
     if !args.no_record {
         let section = format!(
             "## Automation benchmark, {date}\n\n\
-             Command (repository root, after `cargo build --release -p bench-automation`; SQLite \
-             state database in a temporary directory, every role in-process, 2 shared cores):\n\n\
-             ```bash\n{command}\n```\n\n{report}"
+             Command (repository root, after `cargo build {}-p bench-automation` (a {profile} \
+             build); SQLite state database in a temporary directory, every role in-process, 2 \
+             shared cores, load average {}):\n\n\
+             ```bash\n{command}\n```\n\n{report}",
+            if profile == "release" {
+                "--release "
+            } else {
+                ""
+            },
+            load_average(),
         );
         record(&date, &section)?;
         println!("recorded in bench/RESULTS.md (section bench/automation {date})");
     }
     Ok(())
+}
+
+/// The 1-minute load average (Linux), to read the numbers against.
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| l.split_whitespace().next().map(str::to_owned))
+        .unwrap_or_else(|| "unknown".to_owned())
 }
 
 /// A local receiver recording each request's `webhook-id` and arrival time; answers 200.
