@@ -7,8 +7,10 @@
 //! itself differs (locking clauses, JSON operators, date functions) the caller branches on
 //! [`Dialect`] next to the query.
 
+use std::ops::{Deref, DerefMut};
 use std::path::Path;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -22,7 +24,10 @@ use sqlx::{PgPool, Postgres, Sqlite, SqlitePool};
 macro_rules! with_db {
     ($db:expr, $conn:ident => $body:expr) => {
         match $db {
-            $crate::db::Db::Sqlite($conn) => $body,
+            $crate::db::Db::Sqlite(db) => {
+                let $conn = db.pool();
+                $body
+            }
             $crate::db::Db::Postgres($conn) => $body,
         }
     };
@@ -35,7 +40,7 @@ macro_rules! with_tx {
     ($tx:expr, $conn:ident => $body:expr) => {
         match $tx {
             $crate::db::Tx::Sqlite(tx) => {
-                let $conn = &mut **tx;
+                let $conn = &mut ***tx;
                 $body
             }
             $crate::db::Tx::Postgres(tx) => {
@@ -96,14 +101,64 @@ pub enum Dialect {
 
 #[derive(Clone, Debug)]
 pub enum Db {
-    Sqlite(SqlitePool),
+    Sqlite(SqliteDb),
     Postgres(PgPool),
+}
+
+/// A SQLite pool and the turn its writers of this process take, first come first served.
+///
+/// SQLite has one writer per file. Left to itself, a second `BEGIN IMMEDIATE` waits in SQLite's
+/// busy handler, which polls with sleeps growing to 100 ms: under many concurrent writers the
+/// lock sits idle while waiters sleep, and an unlucky waiter loses for a long time. Queueing
+/// this process's writers on a fair async mutex before `BEGIN IMMEDIATE` hands the lock from one
+/// to the next without sleeping. Other processes on the same file still meet the busy timeout.
+#[derive(Clone, Debug)]
+pub struct SqliteDb {
+    pool: SqlitePool,
+    writer: Arc<tokio::sync::Mutex<()>>,
+}
+
+impl SqliteDb {
+    pub fn new(pool: SqlitePool) -> Self {
+        SqliteDb {
+            pool,
+            writer: Arc::default(),
+        }
+    }
+
+    pub fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+}
+
+/// How long a writer waits for its turn, like the busy timeout (a transaction that opens a
+/// second one on the same file would otherwise wait forever).
+const WRITER_TURN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A SQLite write transaction holding this process's writer turn until it ends.
+#[derive(Debug)]
+pub struct SqliteTx {
+    tx: sqlx::Transaction<'static, Sqlite>,
+    _turn: tokio::sync::OwnedMutexGuard<()>,
+}
+
+impl Deref for SqliteTx {
+    type Target = sqlx::Transaction<'static, Sqlite>;
+    fn deref(&self) -> &Self::Target {
+        &self.tx
+    }
+}
+
+impl DerefMut for SqliteTx {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.tx
+    }
 }
 
 /// A write transaction on either backend. Dropping it without [`Tx::commit`] rolls back.
 #[derive(Debug)]
 pub enum Tx {
-    Sqlite(sqlx::Transaction<'static, Sqlite>),
+    Sqlite(SqliteTx),
     Postgres(sqlx::Transaction<'static, Postgres>),
 }
 
@@ -153,7 +208,7 @@ impl Db {
             .connect_with(options)
             .await
             .with_context(|| format!("cannot open SQLite database {}", path.display()))?;
-        Ok(Db::Sqlite(pool))
+        Ok(Db::Sqlite(SqliteDb::new(pool)))
     }
 
     pub fn dialect(&self) -> Dialect {
@@ -168,7 +223,14 @@ impl Db {
     /// `SQLITE_BUSY` instead of waiting when another writer got there first.
     pub async fn begin(&self) -> Result<Tx, sqlx::Error> {
         Ok(match self {
-            Db::Sqlite(pool) => Tx::Sqlite(pool.begin_with("BEGIN IMMEDIATE").await?),
+            Db::Sqlite(db) => {
+                let turn =
+                    tokio::time::timeout(WRITER_TURN_TIMEOUT, db.writer.clone().lock_owned())
+                        .await
+                        .map_err(|_| sqlx::Error::PoolTimedOut)?;
+                let tx = db.pool.begin_with("BEGIN IMMEDIATE").await?;
+                Tx::Sqlite(SqliteTx { tx, _turn: turn })
+            }
             Db::Postgres(pool) => Tx::Postgres(pool.begin().await?),
         })
     }
@@ -177,7 +239,8 @@ impl Db {
     pub async fn migrate(&self, sets: &[&Migrations]) -> anyhow::Result<()> {
         for set in sets {
             match self {
-                Db::Sqlite(pool) => {
+                Db::Sqlite(db) => {
+                    let pool = db.pool();
                     let mut migrator = clone_migrator(&set.sqlite);
                     migrator.set_ignore_missing(true);
                     migrator.run(pool).await?
@@ -192,10 +255,28 @@ impl Db {
         Ok(())
     }
 
+    /// Refreshes the SQLite query planner's statistics where they are missing or stale
+    /// (`PRAGMA optimize`, bounded by `analysis_limit` so it stays cheap on big files). Without
+    /// statistics SQLite may prefer a covering index on `workspace_id` over a selective one and
+    /// scan a whole workspace. Run after migrations and by the hourly maintenance job. PostgreSQL
+    /// keeps its own statistics (autovacuum's ANALYZE); nothing to do there.
+    pub async fn optimize(&self) -> Result<(), sqlx::Error> {
+        if let Db::Sqlite(db) = self {
+            let mut conn = db.pool.acquire().await?;
+            sqlx::query("PRAGMA analysis_limit = 1000")
+                .execute(&mut *conn)
+                .await?;
+            sqlx::query("PRAGMA optimize = 0x10002")
+                .execute(&mut *conn)
+                .await?;
+        }
+        Ok(())
+    }
+
     /// Holds one pooled connection, for several reads through [`Conn`].
     pub async fn acquire(&self) -> Result<Pooled, sqlx::Error> {
         Ok(match self {
-            Db::Sqlite(pool) => Pooled::Sqlite(pool.acquire().await?),
+            Db::Sqlite(db) => Pooled::Sqlite(db.pool.acquire().await?),
             Db::Postgres(pool) => Pooled::Postgres(pool.acquire().await?),
         })
     }
@@ -232,7 +313,7 @@ impl Tx {
 
     pub async fn commit(self) -> Result<(), sqlx::Error> {
         match self {
-            Tx::Sqlite(tx) => tx.commit().await,
+            Tx::Sqlite(tx) => tx.tx.commit().await,
             Tx::Postgres(tx) => tx.commit().await,
         }
     }

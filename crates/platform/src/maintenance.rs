@@ -1,5 +1,6 @@
 //! Housekeeping the platform needs to stay small: an hourly system job that forgets finished
-//! jobs, relayed outbox events, idempotency records, expired sessions and stale invites.
+//! jobs, relayed outbox events, idempotency records, expired sessions and stale invites, then
+//! refreshes SQLite's planner statistics.
 
 use std::time::Duration;
 
@@ -48,6 +49,7 @@ pub async fn prune(db: &Db) -> Result<u64, sqlx::Error> {
         .bind(now).execute(pool).await.map(|r| r.rows_affected()))?;
     total += with_db!(db, pool => sqlx::query("DELETE FROM invites WHERE expires_at < $1")
         .bind(now - KEEP_INVITES).execute(pool).await.map(|r| r.rows_affected()))?;
+    db.optimize().await?;
     tracing::info!(rows = total, "maintenance prune done");
     Ok(total)
 }

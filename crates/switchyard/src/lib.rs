@@ -84,6 +84,9 @@ pub async fn open_database(config: &Config) -> anyhow::Result<Db> {
     ])
     .await
     .context("database migration failed")?;
+    db.optimize()
+        .await
+        .context("cannot refresh the database's planner statistics")?;
     Ok(db)
 }
 

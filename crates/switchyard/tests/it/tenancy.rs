@@ -239,7 +239,32 @@ async fn fixtures(app: &TestApp, owner_a: &User, ws_a: &str) -> BTreeMap<&'stati
     let (automation_id, run_id) = crate::automation::tenancy_fixture(app, owner_a, ws_a).await;
     ids.insert("automation_id", automation_id);
     ids.insert("run_id", run_id);
+    settle(app).await;
     ids
+}
+
+/// Waits until background work caused by the fixtures is over (every domain event relayed, no
+/// job due within the next minute still queued or running), so A's reads before and after B's
+/// attempts can only differ because of B.
+async fn settle(app: &TestApp) {
+    let soon = platform::Timestamp::now() + std::time::Duration::from_secs(60);
+    let mut quiet = 0;
+    for _ in 0..400 {
+        let busy: i64 = platform::with_db!(&app.state.db, pool => sqlx::query_scalar(
+            "SELECT (SELECT COUNT(*) FROM outbox_events WHERE relayed_at IS NULL)
+                  + (SELECT COUNT(*) FROM jobs WHERE status IN ('queued', 'running') AND run_at <= $1)",
+        )
+        .bind(soon)
+        .fetch_one(pool)
+        .await)
+        .unwrap();
+        quiet = if busy == 0 { quiet + 1 } else { 0 };
+        if quiet == 3 {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("background work of the fixtures did not settle in 20 s");
 }
 
 fn fill(path: &str, ids: &BTreeMap<&'static str, String>) -> String {
