@@ -212,25 +212,7 @@ async fn authenticate(parts: &Parts, state: &AppState) -> Result<Principal, ApiE
     let now = Timestamp::now();
 
     if token.starts_with(API_KEY_PREFIX) && !via_cookie {
-        let row: Option<KeyRow> = with_db!(db, pool => sqlx::query_as(
-            "SELECT id, workspace_id, role, revoked_at, last_used_at FROM api_keys WHERE key_hash = $1",
-        ).bind(&hash).fetch_optional(pool).await)?;
-        let row = row.ok_or_else(unauthenticated)?;
-        if row.revoked_at.is_some() {
-            return Err(unauthenticated());
-        }
-        let role = Role::parse(&row.role)
-            .ok_or_else(|| ApiError::internal(anyhow::anyhow!("bad role in api_keys")))?;
-        // Record use at most once a minute: a write per request would serialize on SQLite.
-        if row.last_used_at.is_none_or(|t| now.seconds_since(t) > 60.0) {
-            with_db!(db, pool => sqlx::query("UPDATE api_keys SET last_used_at = $1 WHERE id = $2")
-                .bind(now).bind(row.id).execute(pool).await.map(|_| ()))?;
-        }
-        return Ok(Principal::ApiKey {
-            key_id: row.id,
-            workspace_id: row.workspace_id,
-            role,
-        });
+        return verify_api_key(db, &token).await;
     }
 
     if !token.starts_with(SESSION_TOKEN_PREFIX) {
@@ -261,6 +243,35 @@ async fn authenticate(parts: &Parts, state: &AppState) -> Result<Principal, ApiE
     Ok(Principal::User {
         user_id: row.user_id,
         session_id: row.id,
+    })
+}
+
+/// The principal of a workspace API key (`sy_…`), or 401: for routes that take the key in
+/// another header than `Authorization` (the legacy `x-api-key` trigger API).
+pub async fn verify_api_key(db: &crate::db::Db, token: &str) -> Result<Principal, ApiError> {
+    if !token.starts_with(API_KEY_PREFIX) {
+        return Err(unauthenticated());
+    }
+    let hash = token_hash(token);
+    let now = Timestamp::now();
+    let row: Option<KeyRow> = with_db!(db, pool => sqlx::query_as(
+        "SELECT id, workspace_id, role, revoked_at, last_used_at FROM api_keys WHERE key_hash = $1",
+    ).bind(&hash).fetch_optional(pool).await)?;
+    let row = row.ok_or_else(unauthenticated)?;
+    if row.revoked_at.is_some() {
+        return Err(unauthenticated());
+    }
+    let role = Role::parse(&row.role)
+        .ok_or_else(|| ApiError::internal(anyhow::anyhow!("bad role in api_keys")))?;
+    // Record use at most once a minute: a write per request would serialize on SQLite.
+    if row.last_used_at.is_none_or(|t| now.seconds_since(t) > 60.0) {
+        with_db!(db, pool => sqlx::query("UPDATE api_keys SET last_used_at = $1 WHERE id = $2")
+            .bind(now).bind(row.id).execute(pool).await.map(|_| ()))?;
+    }
+    Ok(Principal::ApiKey {
+        key_id: row.id,
+        workspace_id: row.workspace_id,
+        role,
     })
 }
 

@@ -80,6 +80,7 @@ pub async fn open_database(config: &Config) -> anyhow::Result<Db> {
         &tracking::MIGRATIONS,
         &crm::MIGRATIONS,
         &connect::MIGRATIONS,
+        &automation::MIGRATIONS,
     ])
     .await
     .context("database migration failed")?;
@@ -116,6 +117,8 @@ pub struct App {
     pub usage: Arc<Usage>,
     pub analytics: Arc<dyn AnalyticsStore>,
     pub enricher: Enricher,
+    /// Automation rules and runs (its step plugins are fixed here, at start).
+    pub automation: automation::Engine,
 }
 
 /// Opens every store (migrated), the secret box and the event log.
@@ -131,18 +134,30 @@ pub async fn build(config: Config) -> anyhow::Result<App> {
         .context("cannot open the analytics store")?;
     let enricher = Enricher::new(config.geoip_database.as_deref())
         .map_err(|e| anyhow::anyhow!("invalid configuration value for `geoip_database`: {e}"))?;
+    let state = AppState::new(db, config, secrets);
+    let plugins = automation::Plugins::builtin(
+        state.db.clone(),
+        state.secrets.clone(),
+        connect::webhooks::deliver::allow_private(&state.config),
+    )?;
+    let automation =
+        automation::Engine::new(state.db.clone(), plugins, Some(state.jobs_wakeup.clone()));
     Ok(App {
-        state: AppState::new(db, config, secrets),
+        state,
         log,
         directory,
         usage: Arc::new(Usage::default()),
         analytics,
         enricher,
+        automation,
     })
 }
 
 /// Every job handler and outbox consumer of every feature.
-fn background_work(state: &AppState) -> anyhow::Result<(JobRegistry, Arc<Consumers>)> {
+fn background_work(
+    state: &AppState,
+    automation: &automation::Engine,
+) -> anyhow::Result<(JobRegistry, Arc<Consumers>)> {
     let mut registry = JobRegistry::new();
     platform::maintenance::install(&mut registry);
     crm::import::Importer::new(state.db.clone()).install(&mut registry);
@@ -155,6 +170,7 @@ fn background_work(state: &AppState) -> anyhow::Result<(JobRegistry, Arc<Consume
     .install(&mut registry);
     let mut consumers = Consumers::new();
     connect::webhooks::deliver::install(state, &mut registry, &mut consumers)?;
+    automation.install(&mut registry, &mut consumers);
     let consumers = Arc::new(consumers);
     consumers.install(&mut registry);
     Ok((registry, consumers))
@@ -163,12 +179,13 @@ fn background_work(state: &AppState) -> anyhow::Result<(JobRegistry, Arc<Consume
 /// The worker role: job workers (with their janitor), the outbox relay and the cron scheduler.
 async fn start_worker_role(
     state: &AppState,
+    automation: &automation::Engine,
     shutdown: &CancellationToken,
     background: &mut JoinSet<anyhow::Result<()>>,
 ) -> anyhow::Result<()> {
     platform::maintenance::ensure_schedule(&state.db).await?;
     crm::activities::due::ensure_schedules(&state.db).await?;
-    let (registry, consumers) = background_work(state)?;
+    let (registry, consumers) = background_work(state, automation)?;
     let worker = Worker::new(
         state.db.clone(),
         Arc::new(registry),
@@ -178,6 +195,7 @@ async fn start_worker_role(
         platform::jobs::DEFAULT_QUEUE,
         "forwarding",
         connect::webhooks::deliver::QUEUE,
+        automation::engine::QUEUE,
     ])
     .wakeup(state.jobs_wakeup.clone());
     let token = shutdown.clone();
@@ -192,6 +210,11 @@ async fn start_worker_role(
     );
     background.spawn(async move {
         outbox::run_relay(db, consumers, wakeup, Duration::from_millis(500), token).await;
+        Ok(())
+    });
+    let (engine, token) = (automation.clone(), shutdown.clone());
+    background.spawn(async move {
+        engine.watch(token).await;
         Ok(())
     });
     let (db, wakeup, token) = (
@@ -217,7 +240,7 @@ pub async fn run(
     let state = app.state.clone();
     let mut background = JoinSet::new();
     if roles.contains(&ServeRole::Worker) {
-        start_worker_role(&state, &shutdown, &mut background).await?;
+        start_worker_role(&state, &app.automation, &shutdown, &mut background).await?;
         let pipeline = Arc::new(Pipeline::new(app.analytics.clone(), app.enricher.clone()));
         let (log, token) = (app.log.clone(), shutdown.clone());
         background.spawn(async move {

@@ -48,6 +48,7 @@ const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
         (name = "deals", description = "Pipelines, stages, deals, board"),
         (name = "activities", description = "Notes and tasks"),
         (name = "imports", description = "CSV import and export of contacts"),
+        (name = "automations", description = "Automation rules, runs, dry runs and the trigger API"),
         (name = "webhooks", description = "Outbound signed webhooks (Standard Webhooks): endpoints, messages, attempts"),
     )
 )]
@@ -63,12 +64,14 @@ fn api_routes() -> OpenApiRouter<AppState> {
         .merge(tracking::forward::routes::routes())
         .merge(crm::routes())
         .merge(connect::webhooks::routes::routes())
+        .merge(automation::routes::routes())
 }
 
 /// The OpenAPI document, as served at `/api/openapi.json`.
 pub fn openapi() -> utoipa::openapi::OpenApi {
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .nest("/api/v1", api_routes())
+        .merge(automation::trigger_api::legacy_routes())
         .into_openapi()
 }
 
@@ -102,6 +105,7 @@ fn api_router(app: &App) -> Router {
     let state = app.state.clone();
     let (api, doc) = OpenApiRouter::<AppState>::with_openapi(ApiDoc::openapi())
         .nest("/api/v1", api_routes())
+        .merge(automation::trigger_api::legacy_routes())
         .split_for_parts();
     let doc_json = std::sync::Arc::new(doc);
     // Install the recorder before the first request is counted.
@@ -128,6 +132,7 @@ fn api_router(app: &App) -> Router {
         .method_not_allowed_fallback(method_not_allowed_fallback)
         .layer(axum::Extension(app.directory.clone()))
         .layer(axum::Extension(app.analytics.clone()))
+        .layer(axum::Extension(app.automation.clone()))
         .layer(DefaultBodyLimit::max(max_body))
         .layer(middleware::from_fn_with_state(max_body, refuse_oversized))
         .layer(PropagateRequestIdLayer::new(REQUEST_ID))

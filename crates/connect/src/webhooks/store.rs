@@ -213,6 +213,19 @@ pub async fn get(db: &Db, scope: &Scope, id: EndpointId) -> ApiResult<Endpoint> 
     Ok(get_row(db, scope, id).await?.into_api(Timestamp::now()))
 }
 
+/// Where and how to send a signed message to an endpoint outside the fan-out (the automation
+/// `webhook` step): its URL, whether it is enabled, and the secrets that sign now.
+pub async fn signing_target(
+    db: &Db,
+    secrets: &SecretBox,
+    scope: &Scope,
+    id: EndpointId,
+) -> ApiResult<(String, bool, Vec<crate::standard_webhooks::Secret>)> {
+    let row = get_row(db, scope, id).await?;
+    let signing = row.signing_secrets(secrets, Timestamp::now())?;
+    Ok((row.url, row.enabled, signing))
+}
+
 pub async fn list(db: &Db, scope: &Scope, page: &PageParams) -> ApiResult<Page<Endpoint>> {
     let limit = page.limit()?;
     let cursor = page.cursor()?;

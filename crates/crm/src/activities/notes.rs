@@ -129,27 +129,33 @@ async fn links(
 }
 
 pub async fn create(db: &Db, scope: &Scope, req: &NewNote) -> ApiResult<Note> {
-    let body = check_text("body", &req.body, MAX_BODY, false)?;
     let mut tx = db.begin().await?;
-    let contact_id = links(&mut tx, scope, req.contact_id, req.deal_id).await?;
+    let note = create_in(&mut tx, scope, req).await?;
+    tx.commit().await?;
+    Ok(note)
+}
+
+/// [`create`] in the caller's transaction.
+pub async fn create_in(tx: &mut Tx, scope: &Scope, req: &NewNote) -> ApiResult<Note> {
+    let body = check_text("body", &req.body, MAX_BODY, false)?;
+    let contact_id = links(tx, scope, req.contact_id, req.deal_id).await?;
     let id = NoteId::new();
     let now = Timestamp::now();
-    with_tx!(&mut tx, conn => sqlx::query(
+    with_tx!(&mut *tx, conn => sqlx::query(
         "INSERT INTO notes (id, workspace_id, contact_id, deal_id, body, author, created_at, updated_at)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $7)",
     ).bind(id).bind(scope.workspace_id).bind(contact_id).bind(req.deal_id).bind(&body)
      .bind(scope.actor.audit_name()).bind(now).execute(conn).await.map(|_| ()))?;
-    let note = get_in(&mut tx, scope, id).await?;
+    let note = get_in(tx, scope, id).await?;
     let entry = json!({ "note_id": id, "deal_id": req.deal_id, "excerpt": excerpt(&body) });
-    record_on_timelines(&mut tx, scope, contact_id, req.deal_id, kind::NOTE, &entry).await?;
+    record_on_timelines(tx, scope, contact_id, req.deal_id, kind::NOTE, &entry).await?;
     platform::outbox::publish(
-        &mut tx,
+        tx,
         scope.workspace_id,
         "note.created",
         &json!({ "note": &note }),
     )
     .await?;
-    tx.commit().await?;
     Ok(note)
 }
 

@@ -176,30 +176,35 @@ async fn check_refs(
 }
 
 pub async fn create(db: &Db, scope: &Scope, req: &NewTask) -> ApiResult<Task> {
+    let mut tx = db.begin().await?;
+    let task = create_in(&mut tx, scope, req).await?;
+    tx.commit().await?;
+    Ok(task)
+}
+
+/// [`create`] in the caller's transaction.
+pub async fn create_in(tx: &mut Tx, scope: &Scope, req: &NewTask) -> ApiResult<Task> {
     let title = check_text("title", &req.title, MAX_TITLE, true)?;
     let due = req.due_at.as_deref().map(due_at).transpose()?;
-    let mut tx = db.begin().await?;
-    let contact_id =
-        check_refs(&mut tx, scope, req.contact_id, req.deal_id, req.assignee_id).await?;
+    let contact_id = check_refs(tx, scope, req.contact_id, req.deal_id, req.assignee_id).await?;
     let id = TaskId::new();
     let now = Timestamp::now();
-    with_tx!(&mut tx, conn => sqlx::query(
+    with_tx!(&mut *tx, conn => sqlx::query(
         "INSERT INTO tasks (id, workspace_id, contact_id, deal_id, title, due_at, assignee_id, author, created_at, updated_at)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9)",
     ).bind(id).bind(scope.workspace_id).bind(contact_id).bind(req.deal_id).bind(&title).bind(due)
      .bind(req.assignee_id).bind(scope.actor.audit_name()).bind(now)
      .execute(conn).await.map(|_| ()))?;
-    let task = get_in(&mut tx, scope, id).await?;
+    let task = get_in(tx, scope, id).await?;
     let entry = json!({ "task_id": id, "deal_id": task.deal_id, "title": &task.title, "due_at": task.due_at });
-    record_on_timelines(&mut tx, scope, contact_id, req.deal_id, kind::TASK, &entry).await?;
+    record_on_timelines(tx, scope, contact_id, req.deal_id, kind::TASK, &entry).await?;
     platform::outbox::publish(
-        &mut tx,
+        tx,
         scope.workspace_id,
         "task.created",
         &json!({ "task": &task }),
     )
     .await?;
-    tx.commit().await?;
     Ok(task)
 }
 

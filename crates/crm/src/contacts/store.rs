@@ -985,11 +985,23 @@ pub async fn update(
     input: &ContactInput,
 ) -> ApiResult<Contact> {
     let mut tx = db.begin().await?;
-    lock_contacts(&mut tx, scope).await?;
-    let id = resolve_in(&mut tx, scope, id).await?;
-    let before = get_in(&mut tx, scope, id).await?;
+    let after = update_in(&mut tx, scope, id, input).await?;
+    tx.commit().await?;
+    Ok(after)
+}
+
+/// [`update`] in the caller's transaction.
+pub async fn update_in(
+    tx: &mut Tx,
+    scope: &Scope,
+    id: ContactId,
+    input: &ContactInput,
+) -> ApiResult<Contact> {
+    lock_contacts(tx, scope).await?;
+    let id = resolve_in(tx, scope, id).await?;
+    let before = get_in(tx, scope, id).await?;
     let region = if input.phones.as_ref().is_some_and(|p| !p.is_empty()) {
-        crate::settings::default_region(&mut tx, scope).await?
+        crate::settings::default_region(tx, scope).await?
     } else {
         crate::settings::DEFAULT_REGION.to_owned()
     };
@@ -997,7 +1009,7 @@ pub async fn update(
     let now = Timestamp::now();
     for (kind, values) in &idents {
         for value in values {
-            let owner: Option<ContactId> = with_tx!(&mut tx, conn => sqlx::query_scalar(
+            let owner: Option<ContactId> = with_tx!(&mut *tx, conn => sqlx::query_scalar(
                 "SELECT contact_id FROM contact_identities WHERE workspace_id = $1 AND kind = $2 AND value = $3",
             ).bind(scope.workspace_id).bind(*kind).bind(value).fetch_optional(conn).await)?;
             if let Some(owner) = owner.filter(|o| *o != id) {
@@ -1012,19 +1024,19 @@ pub async fn update(
                 ));
             }
         }
-        with_tx!(&mut tx, conn => sqlx::query(
+        with_tx!(&mut *tx, conn => sqlx::query(
             "DELETE FROM contact_identities WHERE workspace_id = $1 AND contact_id = $2 AND kind = $3",
         ).bind(scope.workspace_id).bind(id).bind(*kind).execute(conn).await.map(|_| ()))?;
         for (i, value) in values.iter().enumerate() {
-            with_tx!(&mut tx, conn => sqlx::query(
+            with_tx!(&mut *tx, conn => sqlx::query(
                 "INSERT INTO contact_identities (workspace_id, kind, value, contact_id, position, created_at)
                  VALUES ($1, $2, $3, $4, $5, $6)",
             ).bind(scope.workspace_id).bind(*kind).bind(value).bind(id)
              .bind(i32::try_from(i).unwrap_or(0)).bind(now).execute(conn).await.map(|_| ()))?;
         }
     }
-    let scalars = apply_scalars(&mut tx, scope, Some(&Scalars::from(&before)), input, now).await?;
-    write_row(&mut tx, scope, id, &scalars, now).await?;
+    let scalars = apply_scalars(tx, scope, Some(&Scalars::from(&before)), input, now).await?;
+    write_row(tx, scope, id, &scalars, now).await?;
     let (mut added, mut removed) = (Vec::new(), Vec::new());
     if let Some(list) = &input.tags {
         let wanted = tags("tags", list)?;
@@ -1035,15 +1047,14 @@ pub async fn update(
             .cloned()
             .collect();
         for tag in &removed {
-            remove_tag_row(&mut tx, scope, id, tag).await?;
+            remove_tag_row(tx, scope, id, tag).await?;
         }
-        added = add_tags(&mut tx, scope, id, &wanted, now).await?;
+        added = add_tags(tx, scope, id, &wanted, now).await?;
     }
-    refresh_search(&mut tx, scope, id).await?;
-    let after = get_in(&mut tx, scope, id).await?;
-    updated_events(&mut tx, scope, &before, &after).await?;
-    tag_events(&mut tx, scope, id, &added, &removed).await?;
-    tx.commit().await?;
+    refresh_search(tx, scope, id).await?;
+    let after = get_in(tx, scope, id).await?;
+    updated_events(tx, scope, &before, &after).await?;
+    tag_events(tx, scope, id, &added, &removed).await?;
     Ok(after)
 }
 
@@ -1096,6 +1107,29 @@ pub(crate) async fn holder(
         "SELECT i.contact_id, c.created_at FROM contact_identities i JOIN contacts c ON c.id = i.contact_id
          WHERE i.workspace_id = $1 AND i.kind = $2 AND i.value = $3",
     ).bind(scope.workspace_id).bind(kind).bind(value).fetch_optional(conn).await)?)
+}
+
+/// The contact holding an email or phone (`kind` is `email` or `phone`), normalized like on
+/// write, in the caller's transaction; `None` when nobody holds it.
+pub async fn find_by_identifier_in(
+    tx: &mut Tx,
+    scope: &Scope,
+    kind: &str,
+    raw: &str,
+) -> ApiResult<Option<ContactId>> {
+    let value = match kind {
+        "email" => normalize::email("email", raw)?,
+        "phone" => {
+            let region = crate::settings::default_region(tx, scope).await?;
+            normalize::phone("phone", raw, &region)?
+        }
+        _ => normalize::identifier(kind, raw)?,
+    };
+    let kind = IDENTIFIER_KINDS
+        .into_iter()
+        .find(|k| *k == kind)
+        .ok_or_else(|| ApiError::invalid_field(kind, "Unknown identifier kind."))?;
+    Ok(holder(tx, scope, kind, &value).await?.map(|(id, _)| id))
 }
 
 /// Recomputes the contact's `search_text`: lower-cased names, identifiers (phones also as bare
@@ -1151,36 +1185,55 @@ pub(crate) async fn refresh_company_search(
 
 /// Adds tags to a contact.
 pub async fn tag(db: &Db, scope: &Scope, id: ContactId, list: &[String]) -> ApiResult<Contact> {
+    let mut tx = db.begin().await?;
+    let contact = tag_in(&mut tx, scope, id, list).await?;
+    tx.commit().await?;
+    Ok(contact)
+}
+
+/// [`tag`] in the caller's transaction (automation steps commit with their run).
+pub async fn tag_in(
+    tx: &mut Tx,
+    scope: &Scope,
+    id: ContactId,
+    list: &[String],
+) -> ApiResult<Contact> {
     let wanted = tags("tags", list)?;
     if wanted.is_empty() {
         return Err(ApiError::invalid_field("tags", "Give at least one tag."));
     }
-    let mut tx = db.begin().await?;
-    lock_contacts(&mut tx, scope).await?;
-    let id = resolve_in(&mut tx, scope, id).await?;
-    let added = add_tags(&mut tx, scope, id, &wanted, Timestamp::now()).await?;
-    touch_updated(&mut tx, scope, id).await?;
-    tag_events(&mut tx, scope, id, &added, &[]).await?;
-    let contact = get_in(&mut tx, scope, id).await?;
-    tx.commit().await?;
-    Ok(contact)
+    lock_contacts(tx, scope).await?;
+    let id = resolve_in(tx, scope, id).await?;
+    let added = add_tags(tx, scope, id, &wanted, Timestamp::now()).await?;
+    touch_updated(tx, scope, id).await?;
+    tag_events(tx, scope, id, &added, &[]).await?;
+    get_in(tx, scope, id).await
 }
 
 /// Removes one tag; 404 `tag_not_found` if the contact does not have it.
 pub async fn untag(db: &Db, scope: &Scope, id: ContactId, tag: &str) -> ApiResult<()> {
     let mut tx = db.begin().await?;
-    lock_contacts(&mut tx, scope).await?;
-    let id = resolve_in(&mut tx, scope, id).await?;
-    if remove_tag_row(&mut tx, scope, id, tag).await? == 0 {
+    if !untag_in(&mut tx, scope, id, tag).await? {
         return Err(ApiError::not_found(
             "tag_not_found",
             "The contact does not have this tag.",
         ));
     }
-    touch_updated(&mut tx, scope, id).await?;
-    tag_events(&mut tx, scope, id, &[], &[tag.to_owned()]).await?;
     tx.commit().await?;
     Ok(())
+}
+
+/// Removes one tag in the caller's transaction; `false` (and nothing written) if the contact
+/// does not have it.
+pub async fn untag_in(tx: &mut Tx, scope: &Scope, id: ContactId, tag: &str) -> ApiResult<bool> {
+    lock_contacts(tx, scope).await?;
+    let id = resolve_in(tx, scope, id).await?;
+    if remove_tag_row(tx, scope, id, tag).await? == 0 {
+        return Ok(false);
+    }
+    touch_updated(tx, scope, id).await?;
+    tag_events(tx, scope, id, &[], &[tag.to_owned()]).await?;
+    Ok(true)
 }
 
 async fn touch_updated(tx: &mut Tx, scope: &Scope, id: ContactId) -> ApiResult<()> {

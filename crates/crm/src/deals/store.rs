@@ -1001,6 +1001,14 @@ async fn closed_events(tx: &mut Tx, scope: &Scope, deal: &Deal, stages: &[Stage]
 }
 
 pub async fn create_deal(db: &Db, scope: &Scope, req: &NewDeal) -> ApiResult<Deal> {
+    let mut tx = db.begin().await?;
+    let deal = create_deal_in(&mut tx, scope, req).await?;
+    tx.commit().await?;
+    Ok(deal)
+}
+
+/// [`create_deal`] in the caller's transaction.
+pub async fn create_deal_in(tx: &mut Tx, scope: &Scope, req: &NewDeal) -> ApiResult<Deal> {
     let title = check_text("title", &req.title, 300)?;
     let currency = match &req.currency {
         Some(code) => check_currency(code)?,
@@ -1017,8 +1025,7 @@ pub async fn create_deal(db: &Db, scope: &Scope, req: &NewDeal) -> ApiResult<Dea
         .transpose()?;
     let lost_reason = check_lost_reason(req.lost_reason.as_deref())?;
 
-    let mut tx = db.begin().await?;
-    if !lock_pipeline(&mut tx, scope, req.pipeline_id, false).await? {
+    if !lock_pipeline(tx, scope, req.pipeline_id, false).await? {
         return Err(ApiError::invalid_field(
             "pipeline_id",
             format!(
@@ -1027,20 +1034,20 @@ pub async fn create_deal(db: &Db, scope: &Scope, req: &NewDeal) -> ApiResult<Dea
             ),
         ));
     }
-    let stages = stage_list(&mut tx, scope, req.pipeline_id).await?;
+    let stages = stage_list(tx, scope, req.pipeline_id).await?;
     let (stage_id, status) = place(&stages, None, req.stage_id, req.status, None)?;
     if lost_reason.is_some() && status != DealStatus::Lost {
         return Err(lost_reason_only_when_lost());
     }
-    let contact_ids = resolve_contacts(&mut tx, scope, &req.contact_ids).await?;
+    let contact_ids = resolve_contacts(tx, scope, &req.contact_ids).await?;
     if let Some(company) = req.company_id {
-        refs::company(&mut tx, scope, "company_id", company).await?;
+        refs::company(tx, scope, "company_id", company).await?;
     }
     if let Some(owner) = req.owner_id {
-        refs::member(&mut tx, scope, "owner_id", owner).await?;
+        refs::member(tx, scope, "owner_id", owner).await?;
     }
     let custom = fields::apply(
-        &mut tx,
+        tx,
         scope,
         Entity::Deal,
         None,
@@ -1051,7 +1058,7 @@ pub async fn create_deal(db: &Db, scope: &Scope, req: &NewDeal) -> ApiResult<Dea
     let id = DealId::new();
     let now = Timestamp::now();
     let closed_at = (status != DealStatus::Open).then_some(now);
-    with_tx!(&mut tx, conn => sqlx::query(
+    with_tx!(&mut *tx, conn => sqlx::query(
         "INSERT INTO deals (id, workspace_id, pipeline_id, stage_id, title, value_minor, currency,
             company_id, owner_id, status, lost_reason, expected_close_date, custom,
             stage_entered_at, closed_at, created_at, updated_at)
@@ -1062,11 +1069,11 @@ pub async fn create_deal(db: &Db, scope: &Scope, req: &NewDeal) -> ApiResult<Dea
     .bind(status.as_str()).bind(&lost_reason).bind(&expected_close_date).bind(to_json(&custom))
     .bind(now).bind(closed_at)
     .execute(conn).await.map(|_| ()))?;
-    link_contacts(&mut tx, scope, id, &contact_ids).await?;
-    open_stay(&mut tx, scope, id, stage_id, now).await?;
+    link_contacts(tx, scope, id, &contact_ids).await?;
+    open_stay(tx, scope, id, stage_id, now).await?;
     let deal = load_deal(&mut tx.conn(), scope, id).await?;
 
-    platform::outbox::publish(&mut tx, scope.workspace_id, "deal.created", &payload(&deal)).await?;
+    platform::outbox::publish(tx, scope.workspace_id, "deal.created", &payload(&deal)).await?;
     let data = json!({
         "deal_id": deal.id,
         "title": deal.title,
@@ -1075,9 +1082,8 @@ pub async fn create_deal(db: &Db, scope: &Scope, req: &NewDeal) -> ApiResult<Dea
         "value": deal.value,
         "currency": deal.currency,
     });
-    on_timelines(&mut tx, scope, &deal, kind::DEAL_CREATED, &data).await?;
-    closed_events(&mut tx, scope, &deal, &stages).await?;
-    tx.commit().await?;
+    on_timelines(tx, scope, &deal, kind::DEAL_CREATED, &data).await?;
+    closed_events(tx, scope, &deal, &stages).await?;
     Ok(deal)
 }
 
@@ -1114,6 +1120,19 @@ fn changed_fields(before: &Deal, after: &Deal) -> Vec<&'static str> {
 
 /// Changes a deal (see [`DealChange`]); moves, closes and reopens it as asked.
 pub async fn update_deal(db: &Db, scope: &Scope, id: DealId, req: &DealChange) -> ApiResult<Deal> {
+    let mut tx = db.begin().await?;
+    let deal = update_deal_in(&mut tx, scope, id, req).await?;
+    tx.commit().await?;
+    Ok(deal)
+}
+
+/// [`update_deal`] in the caller's transaction.
+pub async fn update_deal_in(
+    tx: &mut Tx,
+    scope: &Scope,
+    id: DealId,
+    req: &DealChange,
+) -> ApiResult<Deal> {
     let title = req
         .title
         .as_deref()
@@ -1130,22 +1149,21 @@ pub async fn update_deal(db: &Db, scope: &Scope, id: DealId, req: &DealChange) -
         None => None,
     };
 
-    let mut tx = db.begin().await?;
-    lock_deal(&mut tx, scope, id).await?;
+    lock_deal(tx, scope, id).await?;
     let before = load_deal(&mut tx.conn(), scope, id).await?;
     let pipeline_id = req.pipeline_id.unwrap_or(before.pipeline_id);
     let same_pipeline = pipeline_id == before.pipeline_id;
-    if !lock_pipeline(&mut tx, scope, pipeline_id, false).await? {
+    if !lock_pipeline(tx, scope, pipeline_id, false).await? {
         return Err(ApiError::invalid_field(
             "pipeline_id",
             format!("`pipeline_id`: no pipeline {pipeline_id} in this workspace."),
         ));
     }
-    let stages = stage_list(&mut tx, scope, pipeline_id).await?;
+    let stages = stage_list(tx, scope, pipeline_id).await?;
     let old_stages = if same_pipeline {
         stages.clone()
     } else {
-        stage_list(&mut tx, scope, before.pipeline_id).await?
+        stage_list(tx, scope, before.pipeline_id).await?
     };
     let stage_kind = old_stages
         .iter()
@@ -1159,7 +1177,7 @@ pub async fn update_deal(db: &Db, scope: &Scope, id: DealId, req: &DealChange) -
     };
     let reopen_to =
         if req.status == Some(DealStatus::Open) && same_pipeline && stage_kind != StageKind::Open {
-            last_open_stage(&mut tx, scope, id, pipeline_id).await?
+            last_open_stage(tx, scope, id, pipeline_id).await?
         } else {
             None
         };
@@ -1184,12 +1202,12 @@ pub async fn update_deal(db: &Db, scope: &Scope, id: DealId, req: &DealChange) -
         None => parse_value("value", &Value::String(before.value.clone()), &currency)?,
     };
     let contact_ids = match &req.contact_ids {
-        Some(ids) => Some(resolve_contacts(&mut tx, scope, ids).await?),
+        Some(ids) => Some(resolve_contacts(tx, scope, ids).await?),
         None => None,
     };
     let company_id = match req.company_id {
         Some(Some(company)) => {
-            refs::company(&mut tx, scope, "company_id", company).await?;
+            refs::company(tx, scope, "company_id", company).await?;
             Some(company)
         }
         Some(None) => None,
@@ -1197,7 +1215,7 @@ pub async fn update_deal(db: &Db, scope: &Scope, id: DealId, req: &DealChange) -
     };
     let owner_id = match req.owner_id {
         Some(Some(owner)) => {
-            refs::member(&mut tx, scope, "owner_id", owner).await?;
+            refs::member(tx, scope, "owner_id", owner).await?;
             Some(owner)
         }
         Some(None) => None,
@@ -1205,7 +1223,7 @@ pub async fn update_deal(db: &Db, scope: &Scope, id: DealId, req: &DealChange) -
     };
     let custom: Map<String, Value> = match &req.custom {
         Some(changes) => {
-            fields::apply(&mut tx, scope, Entity::Deal, Some(&before.custom), changes).await?
+            fields::apply(tx, scope, Entity::Deal, Some(&before.custom), changes).await?
         }
         None => before.custom.clone(),
     };
@@ -1218,7 +1236,7 @@ pub async fn update_deal(db: &Db, scope: &Scope, id: DealId, req: &DealChange) -
         _ => Some(now),
     };
     let stage_entered_at = if moved { now } else { before.stage_entered_at };
-    with_tx!(&mut tx, conn => sqlx::query(
+    with_tx!(&mut *tx, conn => sqlx::query(
         "UPDATE deals SET pipeline_id = $1, stage_id = $2, title = $3, value_minor = $4, currency = $5,
             company_id = $6, owner_id = $7, status = $8, lost_reason = $9, expected_close_date = $10,
             custom = $11, stage_entered_at = $12, closed_at = $13, updated_at = $14
@@ -1232,20 +1250,20 @@ pub async fn update_deal(db: &Db, scope: &Scope, id: DealId, req: &DealChange) -
     .bind(scope.workspace_id).bind(id)
     .execute(conn).await.map(|_| ()))?;
     if let Some(contacts) = &contact_ids {
-        with_tx!(&mut tx, conn => sqlx::query(
+        with_tx!(&mut *tx, conn => sqlx::query(
             "DELETE FROM deal_contacts WHERE workspace_id = $1 AND deal_id = $2",
         ).bind(scope.workspace_id).bind(id).execute(conn).await.map(|_| ()))?;
-        link_contacts(&mut tx, scope, id, contacts).await?;
+        link_contacts(tx, scope, id, contacts).await?;
     }
     if moved {
-        close_stay(&mut tx, scope, id, now).await?;
-        open_stay(&mut tx, scope, id, stage_id, now).await?;
+        close_stay(tx, scope, id, now).await?;
+        open_stay(tx, scope, id, stage_id, now).await?;
     }
     let after = load_deal(&mut tx.conn(), scope, id).await?;
 
     let changed = changed_fields(&before, &after);
     platform::outbox::publish(
-        &mut tx,
+        tx,
         scope.workspace_id,
         "deal.updated",
         &payload_with(&after, json!({ "changed": changed })),
@@ -1253,7 +1271,7 @@ pub async fn update_deal(db: &Db, scope: &Scope, id: DealId, req: &DealChange) -
     .await?;
     if moved {
         platform::outbox::publish(
-            &mut tx,
+            tx,
             scope.workspace_id,
             "deal.stage_changed",
             &payload_with(
@@ -1275,13 +1293,26 @@ pub async fn update_deal(db: &Db, scope: &Scope, id: DealId, req: &DealChange) -
             "value": after.value,
             "currency": after.currency,
         });
-        on_timelines(&mut tx, scope, &after, kind::DEAL_STAGE_CHANGED, &data).await?;
+        on_timelines(tx, scope, &after, kind::DEAL_STAGE_CHANGED, &data).await?;
     }
     if after.status != before.status {
-        closed_events(&mut tx, scope, &after, &stages).await?;
+        closed_events(tx, scope, &after, &stages).await?;
     }
-    tx.commit().await?;
     Ok(after)
+}
+
+/// The open deals of a contact in a pipeline, newest first, in the caller's transaction.
+pub async fn open_deals_of_contact_in(
+    tx: &mut Tx,
+    scope: &Scope,
+    contact: ContactId,
+    pipeline: PipelineId,
+) -> ApiResult<Vec<DealId>> {
+    Ok(with_tx!(tx, conn => sqlx::query_scalar(
+        "SELECT d.id FROM deals d JOIN deal_contacts dc ON dc.deal_id = d.id AND dc.workspace_id = d.workspace_id
+         WHERE d.workspace_id = $1 AND dc.contact_id = $2 AND d.pipeline_id = $3 AND d.status = 'open'
+         ORDER BY d.id DESC",
+    ).bind(scope.workspace_id).bind(contact).bind(pipeline).fetch_all(conn).await)?)
 }
 
 /// Deletes a deal with its contact links, stage history, notes and tasks.

@@ -6,6 +6,7 @@
 mod accounts;
 mod activities;
 mod analytics;
+mod automation;
 mod capture;
 mod cli;
 mod collect;

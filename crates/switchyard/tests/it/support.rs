@@ -60,6 +60,8 @@ pub struct TestApp {
     pub analytics: std::sync::Arc<dyn tracking::analytics::AnalyticsStore>,
     pub client: reqwest::Client,
     shutdown: CancellationToken,
+    config: Config,
+    server: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
     _dir: tempfile::TempDir,
 }
 
@@ -126,7 +128,22 @@ impl TestApp {
             config.database_url = Some(SecretString::from(fresh_postgres_database().await?));
         }
         tweak(&mut config);
-        let app = switchyard::build(config).await.expect("build");
+        Some(Self::start(config, dir).await)
+    }
+
+    /// Stops the server (waiting for it to drain) and starts a new one on the same storage and
+    /// configuration, like a process restart.
+    pub async fn restart(mut self) -> TestApp {
+        self.shutdown.cancel();
+        if let Some(server) = self.server.take() {
+            let _ = server.await;
+        }
+        let dir = std::mem::replace(&mut self._dir, tempfile::tempdir().expect("tempdir"));
+        Self::start(self.config.clone(), dir).await
+    }
+
+    async fn start(config: Config, dir: tempfile::TempDir) -> TestApp {
+        let app = switchyard::build(config.clone()).await.expect("build");
         let state = app.state.clone();
         let log = app.log.clone();
         let usage = app.usage.clone();
@@ -136,13 +153,13 @@ impl TestApp {
             .expect("bind");
         let addr = listener.local_addr().expect("addr");
         let shutdown = CancellationToken::new();
-        tokio::spawn(switchyard::run(
+        let server = tokio::spawn(switchyard::run(
             app,
             listener,
             switchyard::all_roles(),
             shutdown.clone(),
         ));
-        Some(TestApp {
+        TestApp {
             addr,
             state,
             log,
@@ -153,8 +170,10 @@ impl TestApp {
                 .build()
                 .expect("client"),
             shutdown,
+            config,
+            server: Some(server),
             _dir: dir,
-        })
+        }
     }
 
     pub fn url(&self, path: &str) -> String {

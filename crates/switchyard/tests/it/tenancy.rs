@@ -236,6 +236,9 @@ async fn fixtures(app: &TestApp, owner_a: &User, ws_a: &str) -> BTreeMap<&'stati
     assert_eq!(status, 200, "{disabled}");
     ids.insert("endpoint_id", endpoint_id);
     ids.insert("message_id", message_id);
+    let (automation_id, run_id) = crate::automation::tenancy_fixture(app, owner_a, ws_a).await;
+    ids.insert("automation_id", automation_id);
+    ids.insert("run_id", run_id);
     settle(app).await;
     ids
 }
