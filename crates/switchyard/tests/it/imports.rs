@@ -268,8 +268,9 @@ backend_test!(a_ten_thousand_row_import, |app| async move {
         (status, again["error"]["code"].as_str()),
         (409, Some("import_already_started"))
     );
-    // Debug builds on two cores: about 1 minute on SQLite and 2 to 2.5 on PostgreSQL.
-    let done = wait(&app, t, &path, Duration::from_secs(300)).await;
+    // Debug builds on two cores: about 1 minute on SQLite and 2 to 2.5 on PostgreSQL when the
+    // machine is quiet; more than 5 under other builds. The bound only catches a stuck import.
+    let done = wait(&app, t, &path, Duration::from_secs(900)).await;
     let import_took = started.elapsed();
     eprintln!("10,000-row import: upload {upload_took:?}, import {import_took:?}");
 
