@@ -1413,7 +1413,7 @@ async fn explain(reader: &SqlitePool, sql: &str, binds: &[Bind]) -> anyhow::Resu
 // Odds and ends.
 
 async fn open_reader(path: &Path) -> anyhow::Result<SqlitePool> {
-    Ok(SqlitePoolOptions::new()
+    SqlitePoolOptions::new()
         .max_connections(1)
         .connect_with(
             SqliteConnectOptions::new()
@@ -1422,7 +1422,7 @@ async fn open_reader(path: &Path) -> anyhow::Result<SqlitePool> {
                 .pragma("cache_size", "-262144"),
         )
         .await
-        .with_context(|| format!("opening {}", path.display()))?)
+        .with_context(|| format!("opening {}", path.display()))
 }
 
 fn loadavg() -> String {

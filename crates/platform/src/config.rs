@@ -59,6 +59,11 @@ pub struct ConversionsConfig {
     pub ga4_base_url: String,
     /// Google OAuth token endpoint (JWT bearer and refresh-token grants).
     pub google_token_url: String,
+    /// First retry delay after a transient platform error, in seconds; doubles per attempt
+    /// (at most 6 h), unless the platform sent `Retry-After`.
+    pub retry_base_seconds: f64,
+    /// Delivery attempts of a conversion before it is failed.
+    pub max_attempts: u32,
 }
 
 impl Default for ConversionsConfig {
@@ -69,6 +74,8 @@ impl Default for ConversionsConfig {
             data_manager_base_url: "https://datamanager.googleapis.com".to_owned(),
             ga4_base_url: "https://www.google-analytics.com".to_owned(),
             google_token_url: "https://oauth2.googleapis.com/token".to_owned(),
+            retry_base_seconds: 30.0,
+            max_attempts: 8,
         }
     }
 }
@@ -372,6 +379,18 @@ impl Config {
                 "conversions.meta_api_version",
                 "expected a version such as `v24.0`",
             ));
+        }
+        if !self.conversions.retry_base_seconds.is_finite()
+            || self.conversions.retry_base_seconds < 0.0
+            || self.conversions.retry_base_seconds > 86400.0
+        {
+            return Err(err(
+                "conversions.retry_base_seconds",
+                "expected between 0 and 86400 seconds",
+            ));
+        }
+        if self.conversions.max_attempts == 0 {
+            return Err(err("conversions.max_attempts", "must be at least 1"));
         }
         if self.webhooks.disable_after_seconds == 0 {
             return Err(err("webhooks.disable_after_seconds", "must be at least 1"));

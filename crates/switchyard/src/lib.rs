@@ -80,6 +80,7 @@ pub async fn open_database(config: &Config) -> anyhow::Result<Db> {
         &tracking::MIGRATIONS,
         &crm::MIGRATIONS,
         &connect::MIGRATIONS,
+        &conversions::MIGRATIONS,
     ])
     .await
     .context("database migration failed")?;
@@ -152,6 +153,8 @@ fn background_work(state: &AppState) -> anyhow::Result<(JobRegistry, Arc<Consume
     .install(&mut registry);
     let mut consumers = Consumers::new();
     connect::webhooks::deliver::install(state, &mut registry, &mut consumers)?;
+    conversions::deliver::install(state, &mut registry)?;
+    consumers.register(conversions::sources::Conversions);
     let consumers = Arc::new(consumers);
     consumers.install(&mut registry);
     Ok((registry, consumers))
@@ -175,6 +178,7 @@ async fn start_worker_role(
         platform::jobs::DEFAULT_QUEUE,
         "forwarding",
         connect::webhooks::deliver::QUEUE,
+        conversions::deliver::QUEUE,
     ])
     .wakeup(state.jobs_wakeup.clone());
     let token = shutdown.clone();

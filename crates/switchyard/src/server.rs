@@ -49,6 +49,7 @@ const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
         (name = "activities", description = "Notes and tasks"),
         (name = "imports", description = "CSV import and export of contacts"),
         (name = "webhooks", description = "Outbound signed webhooks (Standard Webhooks): endpoints, messages, attempts"),
+        (name = "conversions", description = "Offline conversions: platform credentials, triggers, conversion events, attempts, stats"),
     )
 )]
 struct ApiDoc;
@@ -63,6 +64,7 @@ fn api_routes() -> OpenApiRouter<AppState> {
         .merge(tracking::forward::routes::routes())
         .merge(crm::routes())
         .merge(connect::webhooks::routes::routes())
+        .merge(conversions::routes())
 }
 
 /// The OpenAPI document, as served at `/api/openapi.json`.

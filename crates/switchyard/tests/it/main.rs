@@ -11,6 +11,7 @@ mod cli;
 mod collect;
 mod contacts;
 mod conventions;
+mod conversions;
 mod crash;
 mod deals;
 mod demo;
