@@ -743,3 +743,177 @@ async fn deal_won_to_meta_and_data_manager(backend: Backend) {
         assert_no_plaintext_in_state_files(&app);
     }
 }
+
+const HOST: &str = "track.conversions.example.com";
+const CHROME: &str = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.0.0 Safari/537.36";
+
+/// One gtag request with one event line.
+async fn gtag(app: &TestApp, cid: &str, page: &str, event: &[(&str, &str)]) {
+    let query = form_urlencoded::Serializer::new(String::new())
+        .append_pair("v", "2")
+        .append_pair("tid", "G-TEST123")
+        .append_pair("cid", cid)
+        .append_pair("sid", "1763800000")
+        .append_pair("dl", &format!("https://shop.example.com{page}"))
+        .append_pair("dt", "Shop")
+        .finish();
+    let mut line = form_urlencoded::Serializer::new(String::new());
+    for (k, v) in event {
+        line.append_pair(k, v);
+    }
+    let resp = app
+        .client
+        .post(app.url(&format!("/g/collect?{query}")))
+        .header("host", HOST)
+        .header("user-agent", CHROME)
+        .header("cookie", "_fbp=fb.1.1763800000000.555")
+        .body(line.finish())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 204);
+}
+
+#[tokio::test]
+async fn purchase_hit_becomes_one_meta_and_one_data_manager_event_with_the_hit_id_sqlite() {
+    purchase_hit_to_platforms(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn purchase_hit_becomes_one_meta_and_one_data_manager_event_with_the_hit_id_postgres() {
+    purchase_hit_to_platforms(Backend::Postgres).await;
+}
+
+/// A GA4 `purchase` hit through the real gateway, with a `gclid` landing and an email that a
+/// capture rule turns into a contact: one Meta event and one Data Manager event, both with the
+/// hit's id as their event id, identifiers hashed per platform. An `automation.event_received`
+/// (`appointment_confirmed`) for the contact becomes a conversion too.
+async fn purchase_hit_to_platforms(backend: Backend) {
+    let (base, platforms) = stand_ins().await;
+    let Some(app) = spawn(backend, &base).await else {
+        return;
+    };
+    let owner = app.signup("conv-hits@example.com").await;
+    let ws = app.workspace(&owner, "Hits to conversions").await;
+    let t = owner.token.as_str();
+    let api = format!("/api/v1/workspaces/{ws}");
+    let (site_id, _, _) = app.site(&owner, &ws, HOST).await;
+    let (status, rule) = app
+        .post(
+            &format!("{api}/capture-rules"),
+            t,
+            json!({
+                "site_id": site_id, "name": "Checkout", "event_name": "purchase",
+                "mappings": [{ "source": "param:email", "target": "emails" }],
+            }),
+        )
+        .await;
+    assert_eq!(status, 201, "{rule}");
+    let (meta_id, dm_id) = credentials(&app, &owner, &ws).await;
+    trigger(&app, &owner, &ws, json!({ "credential_id": meta_id, "source": "tracking", "event": "purchase", "platform_event_name": "Purchase", "currency": "EUR" })).await;
+    trigger(
+        &app,
+        &owner,
+        &ws,
+        json!({ "credential_id": dm_id, "source": "tracking", "event": "purchase", "value": 1.0 }),
+    )
+    .await;
+    let appointment = trigger(&app, &owner, &ws, json!({ "credential_id": meta_id, "source": "crm", "event": "appointment_confirmed", "platform_event_name": "Schedule" })).await;
+
+    let cid = "555000111.1763800000";
+    gtag(
+        &app,
+        cid,
+        "/?gclid=Cj0-hit-click&utm_source=google&utm_medium=cpc",
+        &[("en", "page_view")],
+    )
+    .await;
+    gtag(
+        &app,
+        cid,
+        "/checkout/done",
+        &[
+            ("en", "purchase"),
+            ("ep.email", " Buyer@Example.com"),
+            ("ep.transaction_id", "T-1001"),
+            ("epn.value", "49.9"),
+            ("cu", "EUR"),
+        ],
+    )
+    .await;
+
+    let conversions = wait_conversions(&app, &owner, &ws, |c| {
+        c.len() == 2 && c.iter().all(|c| c["status"] == "sent")
+    })
+    .await;
+    let records = app.log_records().await;
+    let hit = records
+        .iter()
+        .flat_map(|r| r.hits.iter())
+        .find(|h| h.event_name == "purchase")
+        .expect("the purchase hit");
+    let hit_id = hit.id.to_string();
+    for c in &conversions {
+        assert_eq!(c["event_id"], hit_id.as_str(), "{c}");
+    }
+    let meta_events = sent_to(&platforms, "meta");
+    assert_eq!(meta_events.len(), 1, "{meta_events:?}");
+    assert_eq!(meta_events[0]["data"].as_array().unwrap().len(), 1);
+    let e = &meta_events[0]["data"][0];
+    assert_eq!(e["event_id"], hit_id.as_str());
+    assert_eq!(e["event_name"], "Purchase");
+    assert_eq!(
+        e["custom_data"],
+        json!({ "value": 49.9, "currency": "EUR" }),
+        "{e}"
+    );
+    assert_eq!(e["user_data"]["em"][0], sha("buyer@example.com").as_str());
+    assert_eq!(e["user_data"]["fbp"], "fb.1.1763800000000.555");
+    assert_eq!(
+        e["user_data"]["external_id"].as_str().map(str::len),
+        Some(64)
+    );
+    let dm_events = sent_to(&platforms, "data_manager");
+    assert_eq!(dm_events.len(), 1, "{dm_events:?}");
+    let e = &dm_events[0]["events"][0];
+    assert_eq!(e["transactionId"], hit_id.as_str());
+    assert_eq!(e["adIdentifiers"]["gclid"], "Cj0-hit-click");
+    assert_eq!(e["eventSource"], "WEB");
+    assert_eq!(
+        e["userData"]["userIdentifiers"][0]["emailAddress"],
+        sha("buyer@example.com").as_str()
+    );
+
+    // The automation trigger API's event, as the automation crate publishes it.
+    let contact_id = conversions[0]["contact_id"].as_str().unwrap().to_owned();
+    let mut tx = app.state.db.begin().await.unwrap();
+    platform::outbox::publish(
+        &mut tx,
+        ws.parse::<platform::id::WorkspaceId>().unwrap(),
+        "automation.event_received",
+        &json!({ "trigger": "appointment_confirmed", "contact_id": contact_id, "variables": { "value": 80, "currency": "usd" }, "event_id": "appt-77" }),
+    )
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    let conversions = wait_conversions(&app, &owner, &ws, |c| {
+        c.len() == 3 && c.iter().all(|c| c["status"] == "sent")
+    })
+    .await;
+    let appt = conversions
+        .iter()
+        .find(|c| c["trigger_id"] == appointment.as_str())
+        .unwrap();
+    assert_eq!(appt["event_id"], "appt-77");
+    assert_eq!(appt["value"], 80.0);
+    assert_eq!(appt["currency"], "USD");
+    let meta_events = sent_to(&platforms, "meta");
+    assert_eq!(
+        meta_events.last().unwrap()["data"][0]["event_name"],
+        "Schedule"
+    );
+    assert_eq!(
+        meta_events.last().unwrap()["data"][0]["user_data"]["em"][0],
+        sha("buyer@example.com").as_str()
+    );
+}
