@@ -48,6 +48,9 @@ pub struct SourceEvent {
     /// Click ids known from the source itself (a hit); the contact's fill the gaps.
     pub click_ids: ClickIds,
     pub consent: Consent,
+    /// The browser's user agent and address, when the conversion happened in one (a hit).
+    pub user_agent: Option<String>,
+    pub client_ip: Option<String>,
 }
 
 /// Where a conversion stands.
@@ -238,10 +241,12 @@ pub(crate) async fn record(
     trigger: &TriggerRow,
     source: &SourceEvent,
 ) -> ApiResult<ConversionId> {
-    let (user, contact_clicks) = match source.contact_id {
+    let (mut user, contact_clicks): (UserData, ClickIds) = match source.contact_id {
         Some(id) => contact_data(db, scope, id).await?.unwrap_or_default(),
         None => Default::default(),
     };
+    user.user_agent = source.user_agent.clone();
+    user.client_ip = source.client_ip.clone();
     let s = &source.click_ids;
     let click_ids = ClickIds {
         gclid: pick(&s.gclid, contact_clicks.gclid.as_ref()),

@@ -10,6 +10,7 @@
 pub mod credentials;
 pub mod deliver;
 pub mod events;
+pub mod hits;
 pub mod sources;
 pub mod triggers;
 

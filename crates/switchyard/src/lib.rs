@@ -154,6 +154,7 @@ fn background_work(state: &AppState) -> anyhow::Result<(JobRegistry, Arc<Consume
     let mut consumers = Consumers::new();
     connect::webhooks::deliver::install(state, &mut registry, &mut consumers)?;
     conversions::deliver::install(state, &mut registry)?;
+    conversions::hits::install(&mut registry);
     consumers.register(conversions::sources::Conversions);
     let consumers = Arc::new(consumers);
     consumers.install(&mut registry);
@@ -238,6 +239,15 @@ pub async fn run(
         let (log, token) = (app.log.clone(), shutdown.clone());
         background.spawn(async move {
             capturer.run(log, token).await;
+            Ok(())
+        });
+        let hits = Arc::new(conversions::hits::HitConsumer::new(
+            state.db.clone(),
+            app.enricher.clone(),
+        ));
+        let (log, token) = (app.log.clone(), shutdown.clone());
+        background.spawn(async move {
+            hits.run(log, token).await;
             Ok(())
         });
     }

@@ -917,3 +917,96 @@ async fn purchase_hit_to_platforms(backend: Backend) {
         sha("buyer@example.com").as_str()
     );
 }
+
+#[tokio::test]
+async fn tracked_conversion_waits_for_a_contact_created_after_the_hit_sqlite() {
+    contact_created_after_the_hit(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn tracked_conversion_waits_for_a_contact_created_after_the_hit_postgres() {
+    contact_created_after_the_hit(Backend::Postgres).await;
+}
+
+/// The race: a `purchase` hit (no capture rule) from a visitor who becomes a contact only
+/// after the hit was read. The conversion, built from the event log a few seconds later,
+/// looks the contact up again and carries its email; Meta gets a `website` event with the
+/// page, the browser's user agent and the hit's id.
+async fn contact_created_after_the_hit(backend: Backend) {
+    let (base, platforms) = stand_ins().await;
+    let Some(app) = spawn(backend, &base).await else {
+        return;
+    };
+    let owner = app.signup("conv-race@example.com").await;
+    let ws = app.workspace(&owner, "Race").await;
+    let t = owner.token.as_str();
+    let api = format!("/api/v1/workspaces/{ws}");
+    app.site(&owner, &ws, HOST).await;
+    let (meta_id, dm_id) = credentials(&app, &owner, &ws).await;
+    trigger(&app, &owner, &ws, json!({ "credential_id": meta_id, "source": "tracking", "event": "purchase", "platform_event_name": "Purchase" })).await;
+    trigger(
+        &app,
+        &owner,
+        &ws,
+        json!({ "credential_id": dm_id, "source": "tracking", "event": "purchase" }),
+    )
+    .await;
+
+    let cid = "777000111.1763800000";
+    gtag(
+        &app,
+        cid,
+        "/landing?gclid=Cj0-race-click",
+        &[("en", "purchase"), ("epn.value", "15"), ("cu", "EUR")],
+    )
+    .await;
+    // Later than the job's first run (2 s after the hit): its first lookup finds no contact.
+    tokio::time::sleep(Duration::from_millis(3000)).await;
+    let (status, contact) = app
+        .post(
+            &format!("{api}/contacts"),
+            t,
+            json!({ "emails": ["late@example.com"], "ga_client_ids": [cid] }),
+        )
+        .await;
+    assert_eq!(status, 201, "{contact}");
+
+    let conversions = wait_conversions(&app, &owner, &ws, |c| {
+        c.len() == 2 && c.iter().all(|c| c["status"] == "sent")
+    })
+    .await;
+    let hit_id = app
+        .log_records()
+        .await
+        .iter()
+        .flat_map(|r| r.hits.iter())
+        .find(|h| h.event_name == "purchase")
+        .unwrap()
+        .id
+        .to_string();
+    for c in &conversions {
+        assert_eq!(c["event_id"], hit_id.as_str());
+        assert_eq!(c["contact_id"], contact["contact"]["id"]);
+    }
+    let meta = &sent_to(&platforms, "meta")[0]["data"][0];
+    assert_eq!(meta["event_id"], hit_id.as_str());
+    assert_eq!(meta["action_source"], "website");
+    assert_eq!(
+        meta["event_source_url"],
+        "https://shop.example.com/landing?gclid=Cj0-race-click"
+    );
+    assert_eq!(meta["user_data"]["client_user_agent"], CHROME);
+    assert_eq!(meta["user_data"]["em"][0], sha("late@example.com").as_str());
+    assert_eq!(meta["user_data"]["fbp"], "fb.1.1763800000000.555");
+    assert_eq!(
+        meta["custom_data"],
+        json!({ "value": 15.0, "currency": "EUR" })
+    );
+    let dm = &sent_to(&platforms, "data_manager")[0]["events"][0];
+    assert_eq!(dm["transactionId"], hit_id.as_str());
+    assert_eq!(dm["adIdentifiers"]["gclid"], "Cj0-race-click");
+    assert_eq!(
+        dm["userData"]["userIdentifiers"][0]["emailAddress"],
+        sha("late@example.com").as_str()
+    );
+}
