@@ -102,7 +102,7 @@ async fn meta(
                 .flatten()
                 .all(is_sha256)
             && (e["action_source"] != "website" || e["event_source_url"].is_string());
-        if !ok {
+        if !ok || e["event_name"] == "Invalid Event" {
             return graph_error(StatusCode::BAD_REQUEST, 100, "Invalid parameter");
         }
     }
@@ -238,6 +238,21 @@ async fn mp_debug(
     axum::Json(json!({ "validationMessages": messages }))
 }
 
+async fn mp_collect(
+    State(p): State<Arc<Platforms>>,
+    Query(q): Query<std::collections::HashMap<String, String>>,
+    axum::Json(body): axum::Json<Value>,
+) -> StatusCode {
+    // GA4 answers 2xx whatever it thinks; only well-formed requests are kept.
+    if q.get("api_secret").map(String::as_str) == Some(GA4_SECRET)
+        && q.get("measurement_id").map(String::as_str) == Some("G-TEST123")
+        && body["client_id"].is_string()
+    {
+        p.received.lock().unwrap().push(("ga4".into(), body));
+    }
+    StatusCode::NO_CONTENT
+}
+
 async fn stand_ins() -> (String, Arc<Platforms>) {
     let platforms = Arc::new(Platforms::default());
     let router = Router::new()
@@ -245,6 +260,7 @@ async fn stand_ins() -> (String, Arc<Platforms>) {
         .route("/token", post(token))
         .route("/v1/events:ingest", post(ingest))
         .route("/debug/mp/collect", post(mp_debug))
+        .route("/mp/collect", post(mp_collect))
         .with_state(platforms.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -951,6 +967,15 @@ async fn contact_created_after_the_hit(backend: Backend) {
         json!({ "credential_id": dm_id, "source": "tracking", "event": "purchase" }),
     )
     .await;
+    let (status, ga4) = app
+        .post(
+            &format!("{api}/conversions/credentials"),
+            t,
+            json!({ "platform": "ga4", "measurement_id": "G-TEST123", "api_secret": GA4_SECRET }),
+        )
+        .await;
+    assert_eq!(status, 201, "{ga4}");
+    trigger(&app, &owner, &ws, json!({ "credential_id": ga4["id"], "source": "tracking", "event": "purchase", "platform_event_name": "offline_purchase" })).await;
 
     let cid = "777000111.1763800000";
     gtag(
@@ -972,7 +997,7 @@ async fn contact_created_after_the_hit(backend: Backend) {
     assert_eq!(status, 201, "{contact}");
 
     let conversions = wait_conversions(&app, &owner, &ws, |c| {
-        c.len() == 2 && c.iter().all(|c| c["status"] == "sent")
+        c.len() == 3 && c.iter().all(|c| c["status"] == "sent")
     })
     .await;
     let hit_id = app
@@ -1009,4 +1034,55 @@ async fn contact_created_after_the_hit(backend: Backend) {
         dm["userData"]["userIdentifiers"][0]["emailAddress"],
         sha("late@example.com").as_str()
     );
+    let ga = &sent_to(&platforms, "ga4")[0];
+    assert_eq!(ga["client_id"], cid);
+    assert_eq!(ga["events"][0]["name"], "offline_purchase");
+    assert_eq!(ga["events"][0]["params"]["transaction_id"], hit_id.as_str());
+    assert_eq!(ga["events"][0]["params"]["session_id"], "1763800000");
+    assert!(!ga.to_string().contains(GA4_SECRET));
+
+    // Meta refuses a whole batch for one invalid event: the batch is split until the culprit
+    // is alone; it fails, the others are delivered.
+    let meta_trigger = trigger(
+        &app,
+        &owner,
+        &ws,
+        json!({ "credential_id": meta_id, "source": "automation", "event": "step" }),
+    )
+    .await;
+    let scope = platform::Scope::system(ws.parse().unwrap());
+    let mut ids = Vec::new();
+    let before = sent_to(&platforms, "meta").len();
+    for (i, name) in ["Lead", "Invalid Event", "Lead", "Lead"].iter().enumerate() {
+        let step = conversions::AutomationConversion {
+            trigger_id: meta_trigger.parse().unwrap(),
+            contact_id: Some(contact["contact"]["id"].as_str().unwrap().parse().unwrap()),
+            event_name: Some((*name).to_owned()),
+            value: None,
+            currency: None,
+            event_id: format!("batch-{i}"),
+        };
+        ids.push(
+            conversions::send_from_automation(&app.state.db, &scope, &step)
+                .await
+                .unwrap()
+                .to_string(),
+        );
+    }
+    let conversions = wait_conversions(&app, &owner, &ws, |c| {
+        c.len() == 7
+            && c.iter()
+                .all(|c| c["status"] == "sent" || c["status"] == "failed")
+    })
+    .await;
+    for (i, id) in ids.iter().enumerate() {
+        let c = conversions.iter().find(|c| c["id"] == id.as_str()).unwrap();
+        let expected = if i == 1 { "failed" } else { "sent" };
+        assert_eq!(c["status"], expected, "{c}");
+    }
+    let delivered: usize = sent_to(&platforms, "meta")[before..]
+        .iter()
+        .map(|b| b["data"].as_array().unwrap().len())
+        .sum();
+    assert_eq!(delivered, 3);
 }
