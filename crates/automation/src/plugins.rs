@@ -83,8 +83,10 @@ impl Plugins {
     /// endpoint of the workspace) and `email` (no channel yet: fails clearly).
     pub fn builtin(db: Db, secrets: SecretBox, allow_private: bool) -> anyhow::Result<Self> {
         let mut plugins = Self::new();
+        let db_for_conversions = db.clone();
         plugins.register(WebhookStep::new(db, secrets, allow_private)?);
         plugins.register(EmailStep);
+        plugins.register(ConversionStep::new(db_for_conversions));
         Ok(plugins)
     }
 
@@ -118,6 +120,110 @@ impl Plugins {
 
     pub fn kinds(&self) -> Vec<&'static str> {
         self.by_kind.keys().copied().collect()
+    }
+}
+
+/// `{"type": "send_conversion", "trigger_id": "ctrg_…", "event_name"?, "value"?, "currency"?}`:
+/// records an offline conversion for the run's contact through a conversion trigger of the
+/// `conversions` crate (which says which platform credential receives it), delivered by that
+/// crate's batched job. `value` is a number or a template (`"{{event.value}}"`); `event_name`
+/// and `currency` may be templates too. The step's
+/// idempotency key is the conversion's event id, so a retried step records nothing twice.
+pub struct ConversionStep {
+    db: Db,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConversionConfig {
+    trigger_id: conversions::TriggerId,
+    event_name: Option<String>,
+    value: Option<Value>,
+    currency: Option<String>,
+}
+
+impl ConversionStep {
+    pub fn new(db: Db) -> Self {
+        Self { db }
+    }
+
+    fn config(config: &Value) -> Result<ConversionConfig, String> {
+        let parsed: ConversionConfig = serde_json::from_value(config.clone()).map_err(|e| {
+            format!("a send_conversion step has `trigger_id` and optional `event_name`, `value`, `currency`: {e}")
+        })?;
+        match &parsed.value {
+            None | Some(Value::Number(_) | Value::String(_)) => Ok(parsed),
+            Some(_) => Err("`value` must be a number or a template string".to_owned()),
+        }
+    }
+
+    async fn send(&self, ctx: &StepContext) -> Result<Value, StepError> {
+        let config = Self::config(&ctx.config).map_err(StepError::Permanent)?;
+        let value = match &config.value {
+            None => None,
+            Some(Value::Number(n)) => n.as_f64(),
+            Some(Value::String(text)) => {
+                let rendered = crate::template::render(text, &ctx.context);
+                let rendered = rendered.trim();
+                if rendered.is_empty() {
+                    None
+                } else {
+                    Some(rendered.parse::<f64>().map_err(|_| {
+                        StepError::Permanent(format!(
+                            "`value` rendered to `{rendered}`, not a number"
+                        ))
+                    })?)
+                }
+            }
+            Some(_) => None,
+        };
+        let contact_id = ctx
+            .context
+            .get("contact")
+            .and_then(|c| c.get("id"))
+            .and_then(Value::as_str)
+            .and_then(|id| id.parse().ok());
+        let request = conversions::AutomationConversion {
+            trigger_id: config.trigger_id,
+            contact_id,
+            event_name: rendered(config.event_name.as_deref(), &ctx.context),
+            value,
+            currency: rendered(config.currency.as_deref(), &ctx.context),
+            event_id: ctx.idempotency_key.clone(),
+        };
+        let scope = Scope::system(ctx.workspace_id);
+        match conversions::send_from_automation(&self.db, &scope, &request).await {
+            Ok(id) => {
+                Ok(json!({ "conversion_id": id.to_string(), "event_id": ctx.idempotency_key }))
+            }
+            Err(e) if e.status.is_client_error() => {
+                Err(StepError::Permanent(e.message.into_owned()))
+            }
+            Err(e) => Err(StepError::Retry(e.message.into_owned())),
+        }
+    }
+}
+
+/// A template rendered against the run's context; blank is absent.
+fn rendered(text: Option<&str>, context: &Value) -> Option<String> {
+    let text = crate::template::render(text?, context);
+    let text = text.trim();
+    (!text.is_empty()).then(|| text.to_owned())
+}
+
+impl StepPlugin for ConversionStep {
+    fn kind(&self) -> &'static str {
+        "send_conversion"
+    }
+
+    fn validate(&self, config: &Value) -> Result<(), ApiError> {
+        Self::config(config)
+            .map(|_| ())
+            .map_err(|message| ApiError::invalid_field("trigger_id", message))
+    }
+
+    fn run<'a>(&'a self, ctx: &'a StepContext) -> BoxFuture<'a, Result<Value, StepError>> {
+        Box::pin(self.send(ctx))
     }
 }
 

@@ -2,6 +2,7 @@
 //! verifier, the SSRF guard for user-supplied URLs, and outbound signed webhooks (endpoints per
 //! workspace that receive domain events, with retries, an attempts log, resend and recover).
 
+pub mod conversions;
 pub mod ssrf;
 pub mod standard_webhooks;
 pub mod webhooks;

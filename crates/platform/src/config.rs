@@ -41,6 +41,43 @@ pub struct Config {
     pub geoip_database: Option<PathBuf>,
     pub tracking: TrackingConfig,
     pub webhooks: WebhooksConfig,
+    pub conversions: ConversionsConfig,
+}
+
+/// Offline conversions (`conversions` crate, adapters in `connect::conversions`): where the
+/// platforms live. Tests point these at local servers.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ConversionsConfig {
+    /// Meta Graph API origin (Conversions API: `{meta_base_url}/{version}/{pixel}/events`).
+    pub meta_base_url: String,
+    /// Graph API version in the path, e.g. `v24.0`.
+    pub meta_api_version: String,
+    /// Google Data Manager API origin (`{…}/v1/events:ingest`).
+    pub data_manager_base_url: String,
+    /// GA4 Measurement Protocol origin (`{…}/mp/collect`, `{…}/debug/mp/collect`).
+    pub ga4_base_url: String,
+    /// Google OAuth token endpoint (JWT bearer and refresh-token grants).
+    pub google_token_url: String,
+    /// First retry delay after a transient platform error, in seconds; doubles per attempt
+    /// (at most 6 h), unless the platform sent `Retry-After`.
+    pub retry_base_seconds: f64,
+    /// Delivery attempts of a conversion before it is failed.
+    pub max_attempts: u32,
+}
+
+impl Default for ConversionsConfig {
+    fn default() -> Self {
+        Self {
+            meta_base_url: "https://graph.facebook.com".to_owned(),
+            meta_api_version: "v24.0".to_owned(),
+            data_manager_base_url: "https://datamanager.googleapis.com".to_owned(),
+            ga4_base_url: "https://www.google-analytics.com".to_owned(),
+            google_token_url: "https://oauth2.googleapis.com/token".to_owned(),
+            retry_base_seconds: 30.0,
+            max_attempts: 8,
+        }
+    }
 }
 
 /// Outbound signed webhooks (`connect::webhooks`).
@@ -167,6 +204,7 @@ impl Default for Config {
             geoip_database: None,
             tracking: TrackingConfig::default(),
             webhooks: WebhooksConfig::default(),
+            conversions: ConversionsConfig::default(),
         }
     }
 }
@@ -223,6 +261,7 @@ impl Config {
         "geoip_database",
         "tracking",
         "webhooks",
+        "conversions",
     ];
 
     /// Checks what serde cannot: formats, ranges and cross-field rules.
@@ -315,6 +354,43 @@ impl Config {
                 "webhooks.retry_schedule_seconds",
                 "expected 1 to 50 delays, each between 0 and 604800 seconds",
             ));
+        }
+        for (key, url) in [
+            ("conversions.meta_base_url", &self.conversions.meta_base_url),
+            (
+                "conversions.data_manager_base_url",
+                &self.conversions.data_manager_base_url,
+            ),
+            ("conversions.ga4_base_url", &self.conversions.ga4_base_url),
+            (
+                "conversions.google_token_url",
+                &self.conversions.google_token_url,
+            ),
+        ] {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return Err(err(key, "expected an http:// or https:// URL"));
+            }
+        }
+        if self.conversions.meta_api_version.is_empty()
+            || !self.conversions.meta_api_version.starts_with('v')
+            || self.conversions.meta_api_version.contains('/')
+        {
+            return Err(err(
+                "conversions.meta_api_version",
+                "expected a version such as `v24.0`",
+            ));
+        }
+        if !self.conversions.retry_base_seconds.is_finite()
+            || self.conversions.retry_base_seconds < 0.0
+            || self.conversions.retry_base_seconds > 86400.0
+        {
+            return Err(err(
+                "conversions.retry_base_seconds",
+                "expected between 0 and 86400 seconds",
+            ));
+        }
+        if self.conversions.max_attempts == 0 {
+            return Err(err("conversions.max_attempts", "must be at least 1"));
         }
         if self.webhooks.disable_after_seconds == 0 {
             return Err(err("webhooks.disable_after_seconds", "must be at least 1"));

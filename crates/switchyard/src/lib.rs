@@ -81,6 +81,7 @@ pub async fn open_database(config: &Config) -> anyhow::Result<Db> {
         &crm::MIGRATIONS,
         &connect::MIGRATIONS,
         &automation::MIGRATIONS,
+        &conversions::MIGRATIONS,
     ])
     .await
     .context("database migration failed")?;
@@ -171,6 +172,9 @@ fn background_work(
     let mut consumers = Consumers::new();
     connect::webhooks::deliver::install(state, &mut registry, &mut consumers)?;
     automation.install(&mut registry, &mut consumers);
+    conversions::deliver::install(state, &mut registry)?;
+    conversions::hits::install(&mut registry);
+    consumers.register(conversions::sources::Conversions);
     let consumers = Arc::new(consumers);
     consumers.install(&mut registry);
     Ok((registry, consumers))
@@ -196,6 +200,7 @@ async fn start_worker_role(
         "forwarding",
         connect::webhooks::deliver::QUEUE,
         automation::engine::QUEUE,
+        conversions::deliver::QUEUE,
     ])
     .wakeup(state.jobs_wakeup.clone());
     let token = shutdown.clone();
@@ -260,6 +265,15 @@ pub async fn run(
         let (log, token) = (app.log.clone(), shutdown.clone());
         background.spawn(async move {
             capturer.run(log, token).await;
+            Ok(())
+        });
+        let hits = Arc::new(conversions::hits::HitConsumer::new(
+            state.db.clone(),
+            app.enricher.clone(),
+        ));
+        let (log, token) = (app.log.clone(), shutdown.clone());
+        background.spawn(async move {
+            hits.run(log, token).await;
             Ok(())
         });
     }

@@ -50,6 +50,7 @@ const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
         (name = "imports", description = "CSV import and export of contacts"),
         (name = "automations", description = "Automation rules, runs, dry runs and the trigger API"),
         (name = "webhooks", description = "Outbound signed webhooks (Standard Webhooks): endpoints, messages, attempts"),
+        (name = "conversions", description = "Offline conversions: platform credentials, triggers, conversion events, attempts, stats"),
     )
 )]
 struct ApiDoc;
@@ -65,6 +66,7 @@ fn api_routes() -> OpenApiRouter<AppState> {
         .merge(crm::routes())
         .merge(connect::webhooks::routes::routes())
         .merge(automation::routes::routes())
+        .merge(conversions::routes())
 }
 
 /// The OpenAPI document, as served at `/api/openapi.json`.

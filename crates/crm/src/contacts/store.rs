@@ -1419,3 +1419,16 @@ pub async fn upsert_isolated(
         }
     }
 }
+
+/// The contact known by a GA client id (`cid`), if any. The narrow lookup other features use to
+/// tie a tracking hit to a contact without reading CRM tables (offline conversions).
+pub async fn find_by_ga_client_id(
+    db: &Db,
+    scope: &Scope,
+    client_id: &str,
+) -> ApiResult<Option<ContactId>> {
+    let found: Option<ContactId> = platform::with_db!(db, pool => sqlx::query_scalar(
+        "SELECT contact_id FROM contact_identities WHERE workspace_id = $1 AND kind = 'ga_client_id' AND value = $2",
+    ).bind(scope.workspace_id).bind(client_id).fetch_optional(pool).await)?;
+    Ok(found)
+}

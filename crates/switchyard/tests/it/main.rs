@@ -12,6 +12,7 @@ mod cli;
 mod collect;
 mod contacts;
 mod conventions;
+mod conversions;
 mod crash;
 mod deals;
 mod demo;

@@ -176,6 +176,11 @@ impl TestApp {
         }
     }
 
+    /// The data directory (SQLite files, the secret key file).
+    pub fn data_dir(&self) -> &std::path::Path {
+        self._dir.path()
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.addr, path)
     }

@@ -239,6 +239,56 @@ async fn fixtures(app: &TestApp, owner_a: &User, ws_a: &str) -> BTreeMap<&'stati
     let (automation_id, run_id) = crate::automation::tenancy_fixture(app, owner_a, ws_a).await;
     ids.insert("automation_id", automation_id);
     ids.insert("run_id", run_id);
+
+    // Conversions: a GA4 credential, a trigger, and a conversion that GA4 refuses locally (no
+    // client id), so it settles without any network call.
+    let (status, credential) = app
+        .post(
+            &format!("/api/v1/workspaces/{ws_a}/conversions/credentials"),
+            &owner_a.token,
+            json!({ "platform": "ga4", "measurement_id": "G-TENANCY", "api_secret": "tenancy-secret" }),
+        )
+        .await;
+    assert_eq!(status, 201, "{credential}");
+    let credential_id = credential["id"].as_str().unwrap().to_owned();
+    let (status, trigger) = app
+        .post(
+            &format!("/api/v1/workspaces/{ws_a}/conversions/triggers"),
+            &owner_a.token,
+            json!({ "credential_id": credential_id, "source": "automation", "event": "tenancy" }),
+        )
+        .await;
+    assert_eq!(status, 201, "{trigger}");
+    let trigger_id = trigger["id"].as_str().unwrap().to_owned();
+    let conversion_id = conversions::send_from_automation(
+        &app.state.db,
+        &platform::Scope::system(ws_a.parse().unwrap()),
+        &conversions::AutomationConversion {
+            trigger_id: trigger_id.parse().unwrap(),
+            contact_id: None,
+            event_name: None,
+            value: None,
+            currency: None,
+            event_id: "tenancy-1".to_owned(),
+        },
+    )
+    .await
+    .unwrap()
+    .to_string();
+    let conversion_path = format!("/api/v1/workspaces/{ws_a}/conversions/events/{conversion_id}");
+    let mut settled = false;
+    for _ in 0..200 {
+        let (_, conversion) = app.get(&conversion_path, &owner_a.token).await;
+        if conversion["status"] == "failed" {
+            settled = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(settled, "the tenancy conversion did not settle");
+    ids.insert("credential_id", credential_id);
+    ids.insert("trigger_id", trigger_id);
+    ids.insert("conversion_id", conversion_id);
     settle(app).await;
     ids
 }
