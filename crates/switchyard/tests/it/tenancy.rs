@@ -195,45 +195,8 @@ async fn fixtures(app: &TestApp, owner_a: &User, ws_a: &str) -> BTreeMap<&'stati
         .unwrap();
     ids.insert("job_id", job_id.to_string());
 
-    // A webhook endpoint with one message (the new contact's event), then disabled so the
-    // test never depends on a delivery.
-    let (status, endpoint) = app
-        .post(
-            &format!("/api/v1/workspaces/{ws_a}/webhooks"),
-            &owner_a.token,
-            json!({ "url": "https://hooks.tenancy-a.invalid/in", "event_types": ["contact.created"] }),
-        )
-        .await;
-    assert_eq!(status, 201, "{endpoint}");
-    let endpoint_id = endpoint["endpoint"]["id"].as_str().unwrap().to_owned();
-    let (status, contact) = app
-        .post(
-            &format!("/api/v1/workspaces/{ws_a}/contacts"),
-            &owner_a.token,
-            json!({ "emails": ["webhook-a@example.com"] }),
-        )
-        .await;
-    assert_eq!(status, 201, "{contact}");
-    let messages = format!("/api/v1/workspaces/{ws_a}/webhooks/{endpoint_id}/messages");
-    let mut message_id = None;
-    for _ in 0..200 {
-        let (_, page) = app.get(&messages, &owner_a.token).await;
-        if let Some(id) = page["data"][0]["id"].as_str() {
-            message_id = Some(id.to_owned());
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
-    let message_id = message_id.expect("the webhook message of the new contact");
-    let (status, disabled) = app
-        .call(
-            Method::PATCH,
-            &format!("/api/v1/workspaces/{ws_a}/webhooks/{endpoint_id}"),
-            Some(&owner_a.token),
-            Some(json!({ "enabled": false })),
-        )
-        .await;
-    assert_eq!(status, 200, "{disabled}");
+    // A webhook endpoint with one message, disabled so no delivery runs during the test.
+    let (endpoint_id, message_id) = crate::webhooks::tenancy_fixture(app, owner_a, ws_a).await;
     ids.insert("endpoint_id", endpoint_id);
     ids.insert("message_id", message_id);
     let (automation_id, run_id) = crate::automation::tenancy_fixture(app, owner_a, ws_a).await;

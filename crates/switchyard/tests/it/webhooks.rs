@@ -846,10 +846,10 @@ backend_test!(private_addresses_are_refused, |app| async move {
     assert_eq!(body["error"]["details"]["field"], "url");
 });
 
-/// The fixture proposed for `tenancy.rs` (`endpoint_id`, `message_id`), verbatim: an endpoint
-/// with one message (a contact created while it was enabled), then disabled, so the message
-/// and its attempts stay as they are while the tenancy test runs.
-async fn tenancy_fixture(app: &TestApp, owner_a: &User, ws_a: &str) -> (String, String) {
+/// The fixture of `tenancy.rs` (`endpoint_id`, `message_id`): an endpoint with one message (a
+/// contact created while it was enabled), then disabled, so the message and its attempts stay
+/// as they are while the tenancy test runs.
+pub async fn tenancy_fixture(app: &TestApp, owner_a: &User, ws_a: &str) -> (String, String) {
     let (status, endpoint) = app
         .post(
             &format!("/api/v1/workspaces/{ws_a}/webhooks"),
