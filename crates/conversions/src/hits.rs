@@ -44,6 +44,11 @@ const TRIGGERS_TTL: Duration = Duration::from_secs(5);
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct HitConversion {
     hit_id: String,
+    /// The page's own id for the event (`ep.event_id`), which a web container sends to the
+    /// browser pixel as well: preferred as the conversion's event id so the platform
+    /// deduplicates the pixel's event against ours.
+    #[serde(default)]
+    page_event_id: Option<String>,
     event_name: String,
     event_time: DateTime<Utc>,
     client_id: Option<String>,
@@ -114,6 +119,7 @@ impl HitConsumer {
                 let param = |name: &str| hit.params.get(name).map(|v| v.to_json());
                 let conversion = HitConversion {
                     hit_id: hit.id.to_string(),
+                    page_event_id: param("event_id").and_then(|v| page_event_id(&v)),
                     event_name: hit.event_name.clone(),
                     event_time: hit.event_time.as_datetime(),
                     client_id: hit.client_id.clone().filter(|c| !c.is_empty()),
@@ -177,6 +183,17 @@ impl BatchHandler for HitConsumer {
     }
 }
 
+/// A usable page event id: a non-empty string or number of at most 100 characters (Meta's
+/// `event_id` and Data Manager's `transactionId` are free text; longer is not an id).
+fn page_event_id(value: &serde_json::Value) -> Option<String> {
+    let text = match value {
+        serde_json::Value::String(s) => s.trim().to_owned(),
+        serde_json::Value::Number(n) => n.to_string(),
+        _ => return None,
+    };
+    (!text.is_empty() && text.chars().count() <= 100).then_some(text)
+}
+
 /// Registers the `conversions.from_hit` handler.
 pub fn install(registry: &mut JobRegistry) {
     registry.register_fn(KIND, |job| async move { from_hit(&job).await });
@@ -201,7 +218,10 @@ async fn from_hit(job: &JobContext) -> Result<(), JobError> {
         ));
     }
     let source = SourceEvent {
-        event_id: hit.hit_id.clone(),
+        event_id: hit
+            .page_event_id
+            .clone()
+            .unwrap_or_else(|| hit.hit_id.clone()),
         contact_id: contact,
         event_time: Some(hit.event_time),
         value: hit.value,

@@ -1192,3 +1192,88 @@ async fn deal_won_through_an_automation(backend: Backend) {
         json!({ "value": 980.0, "currency": "EUR" })
     );
 }
+
+#[tokio::test]
+async fn a_page_event_id_becomes_the_conversion_event_id_sqlite() {
+    page_event_id(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn a_page_event_id_becomes_the_conversion_event_id_postgres() {
+    page_event_id(Backend::Postgres).await;
+}
+
+/// A web container that sends one event id to the pixel and to GA4 (`ep.event_id`) gets that id
+/// on the server event, so Meta deduplicates the two.
+async fn page_event_id(backend: Backend) {
+    let (base, platforms) = stand_ins().await;
+    let Some(app) = spawn(backend, &base).await else {
+        return;
+    };
+    let owner = app.signup("conv-page-id@example.com").await;
+    let ws = app.workspace(&owner, "Page event ids").await;
+    let api = format!("/api/v1/workspaces/{ws}");
+    app.site(&owner, &ws, HOST).await;
+    let (meta_id, _) = credentials(&app, &owner, &ws).await;
+    trigger(&app, &owner, &ws, json!({ "credential_id": meta_id, "source": "tracking", "event": "purchase", "platform_event_name": "Purchase" })).await;
+    let cid = "555000111.1763800000";
+    let (status, contact) = app
+        .post(
+            &format!("{api}/contacts"),
+            &owner.token,
+            json!({ "emails": ["pixel@example.com"], "ga_client_ids": [cid] }),
+        )
+        .await;
+    assert_eq!(status, 201, "{contact}");
+
+    gtag(
+        &app,
+        cid,
+        "/checkout",
+        &[
+            ("en", "purchase"),
+            ("ep.event_id", "order-1001.purchase"),
+            ("epn.value", "20"),
+            ("cu", "EUR"),
+        ],
+    )
+    .await;
+    gtag(
+        &app,
+        cid,
+        "/checkout",
+        &[("en", "purchase"), ("epn.value", "5"), ("cu", "EUR")],
+    )
+    .await;
+    let conversions = wait_conversions(&app, &owner, &ws, |c| {
+        c.len() == 2 && c.iter().all(|c| c["status"] == "sent")
+    })
+    .await;
+    let hit_ids: Vec<String> = app
+        .log_records()
+        .await
+        .iter()
+        .flat_map(|r| r.hits.iter())
+        .map(|h| h.id.to_string())
+        .collect();
+    let ids: Vec<&str> = conversions
+        .iter()
+        .map(|c| c["event_id"].as_str().unwrap())
+        .collect();
+    assert!(ids.contains(&"order-1001.purchase"), "{ids:?}");
+    let other = ids.iter().find(|id| **id != "order-1001.purchase").unwrap();
+    assert!(
+        hit_ids.iter().any(|h| h == other),
+        "without ep.event_id the hit id is used: {ids:?}"
+    );
+    let sent: Vec<String> = sent_to(&platforms, "meta")
+        .iter()
+        .flat_map(|b| b["data"].as_array().cloned().unwrap_or_default())
+        .map(|e| e["event_id"].as_str().unwrap().to_owned())
+        .collect();
+    assert!(
+        sent.iter().any(|id| id == "order-1001.purchase"),
+        "{sent:?}"
+    );
+    assert_eq!(sent.len(), 2, "{sent:?}");
+}
