@@ -581,6 +581,13 @@ pub(crate) async fn record_attempt(
     let job = record.job;
     let delivered_at = (record.status == MessageStatus::Delivered).then_some(now);
     let failed_at = (record.status == MessageStatus::Failed).then_some(now);
+    if tx.dialect() == platform::db::Dialect::Postgres {
+        // Endpoint before message, the order `update` (disabling fails pending messages) takes
+        // them in; the other order deadlocked against a PATCH on PostgreSQL.
+        with_tx!(&mut *tx, conn => sqlx::query(
+            "SELECT 1 FROM webhook_endpoints WHERE id = $1 FOR UPDATE",
+        ).bind(record.endpoint).execute(conn).await.map(|_| ()))?;
+    }
     let updated = with_tx!(&mut *tx, conn => sqlx::query(
         "UPDATE webhook_messages SET attempts = $1, status = $2, next_attempt_at = $3,
              last_attempt_at = $4, delivered_at = COALESCE($5, delivered_at), failed_at = $6,

@@ -1006,3 +1006,35 @@ backend_test!(other_workspaces_get_404, |app| async move {
         .await;
     assert_eq!(status, 403);
 });
+
+// Disabling an endpoint fails its pending messages while attempts of those messages are being
+// recorded: both must take the endpoint and message rows in one order, or PostgreSQL aborts one
+// of them as a deadlock (seen as a 500 on the PATCH).
+webhook_test!(
+    disabling_while_attempts_are_recorded,
+    |c| c.webhooks.retry_schedule_seconds = vec![0.0; 40],
+    |app| async move {
+        let s = setup(&app, "toggle").await;
+        let (url, receiver) = receiver(&[], 500).await;
+        let (id, _) = s.endpoint(&app, &url, json!(["contact.created"])).await;
+        let path = format!("{}/{id}", s.base());
+        for round in 0..12 {
+            for n in 0..3 {
+                s.contact(&app, &format!("toggle-{round}-{n}@example.com"))
+                    .await;
+            }
+            hooks_at_least(&receiver, round + 1).await;
+            for enabled in [false, true] {
+                let (status, body) = app
+                    .call(
+                        Method::PATCH,
+                        &path,
+                        Some(&s.owner.token),
+                        Some(json!({ "enabled": enabled })),
+                    )
+                    .await;
+                assert_eq!(status, 200, "round {round}, enabled={enabled}: {body}");
+            }
+        }
+    }
+);
