@@ -127,8 +127,8 @@ impl Plugins {
 /// records an offline conversion for the run's contact through a conversion trigger of the
 /// `conversions` crate (which says which platform credential receives it), delivered by that
 /// crate's batched job. `value` is a number or a template (`"{{event.value}}"`); `event_name`
-/// and `currency` may be templates too. The step's
-/// idempotency key is the conversion's event id, so a retried step records nothing twice.
+/// and `currency` may be templates too. The step's idempotency key is the conversion's event
+/// id, so a retried step records nothing twice.
 pub struct ConversionStep {
     db: Db,
 }
@@ -151,31 +151,36 @@ impl ConversionStep {
         let parsed: ConversionConfig = serde_json::from_value(config.clone()).map_err(|e| {
             format!("a send_conversion step has `trigger_id` and optional `event_name`, `value`, `currency`: {e}")
         })?;
-        match &parsed.value {
-            None | Some(Value::Number(_) | Value::String(_)) => Ok(parsed),
-            Some(_) => Err("`value` must be a number or a template string".to_owned()),
+        if !matches!(
+            &parsed.value,
+            None | Some(Value::Number(_) | Value::String(_))
+        ) {
+            return Err("`value` must be a number or a template string".to_owned());
         }
+        let templates = [
+            ("value", parsed.value.as_ref().and_then(Value::as_str)),
+            ("event_name", parsed.event_name.as_deref()),
+            ("currency", parsed.currency.as_deref()),
+        ];
+        for (field, text) in templates {
+            if let Some(text) = text {
+                crate::template::validate(text).map_err(|e| format!("`{field}`: {e}"))?;
+            }
+        }
+        Ok(parsed)
     }
 
     async fn send(&self, ctx: &StepContext) -> Result<Value, StepError> {
         let config = Self::config(&ctx.config).map_err(StepError::Permanent)?;
         let value = match &config.value {
-            None => None,
             Some(Value::Number(n)) => n.as_f64(),
-            Some(Value::String(text)) => {
-                let rendered = crate::template::render(text, &ctx.context);
-                let rendered = rendered.trim();
-                if rendered.is_empty() {
-                    None
-                } else {
-                    Some(rendered.parse::<f64>().map_err(|_| {
-                        StepError::Permanent(format!(
-                            "`value` rendered to `{rendered}`, not a number"
-                        ))
-                    })?)
-                }
-            }
-            Some(_) => None,
+            Some(Value::String(text)) => match rendered(Some(text), &ctx.context) {
+                Some(text) => Some(text.parse::<f64>().map_err(|_| {
+                    StepError::Permanent(format!("`value` rendered to `{text}`, not a number"))
+                })?),
+                None => None,
+            },
+            _ => None,
         };
         let contact_id = ctx
             .context

@@ -1122,6 +1122,11 @@ async fn deal_won_through_an_automation(backend: Backend) {
         )
         .await;
     assert_eq!(status, 422, "{bad}");
+    let (status, bad) = app
+        .post(&format!("{api}/automations"), t, json!({ "name": "Bad template", "triggers": [{ "type": "event", "event": "deal.won" }],
+            "steps": [{ "type": "send_conversion", "trigger_id": conversion_trigger, "value": "{{event.value" }] }))
+        .await;
+    assert_eq!(status, 422, "{bad}");
     let (status, rule) = app
         .post(
             &format!("{api}/automations"),
