@@ -1,30 +1,38 @@
 //! The embedded event log: an append-only table in its own SQLite file (`events.db`), written
-//! by one task with group commit.
+//! by one thread with group commit.
 //!
-//! Appends queue on a bounded channel; the writer takes everything waiting (up to a batch
-//! limit), inserts it in one transaction with multi-row `INSERT`s and commits with one fsync
-//! (`synchronous=FULL`), then answers every waiting request. Under load, batches grow and the
-//! fsync cost is shared; at rest, a single append commits at once. A full channel means the disk
-//! cannot keep up, and the append is refused (`Overloaded`) instead of buffering without bound.
-//! Its own file keeps this hot writer away from the product-state writer (SQLite has one writer
-//! per file).
+//! Appends queue on a bounded channel; the writer thread takes everything waiting (up to a batch
+//! limit), inserts it in one transaction and commits with one fsync (`synchronous=FULL`), then
+//! answers every waiting request. Under load, batches grow and the fsync cost is shared; at rest,
+//! a single append commits at once. A full channel means the disk cannot keep up, and the append
+//! is refused (`Overloaded`) instead of buffering without bound. Its own file keeps this hot
+//! writer away from the product-state writer (SQLite has one writer per file).
+//!
+//! The writer is a plain OS thread owning a `rusqlite` connection: a commit is a handful of
+//! function calls, not a round trip to a driver thread per statement (bench/RESULTS.md,
+//! 2026-11-22, observation 2). WAL checkpoints run on a second thread with its own connection
+//! (`wal_autocheckpoint=0` on the writer), so appends do not wait for the copy into the database
+//! file (observation 3). Those checkpoints are PASSIVE: they never take the write lock, so the
+//! writer never sleeps in SQLite's busy handler because of them. A WAL that is never idle cannot
+//! be rewound by a checkpoint running beside the writer (frames keep arriving), so after every
+//! `Options::wal_rewind_bytes` appended the writer itself runs one PASSIVE checkpoint between batches:
+//! the background one has copied nearly everything, the writer's finishes the tail, and its next
+//! transaction starts the WAL over. Readers (consumers, `count`) use an sqlx pool.
 
-use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context;
 use futures::FutureExt;
 use futures::future::BoxFuture;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{AssertSqlSafe, Row, SqlitePool};
+use sqlx::{Row, SqlitePool};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::{AppendError, Delivery, EventLog, Subscription};
 
-/// Rows per `INSERT` statement (SQLite accepts 32,766 parameters; smaller statements keep the
-/// prepared-statement cache small).
-const ROWS_PER_STATEMENT: usize = 256;
+/// How often the checkpointer copies committed WAL frames into the database file.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(250);
 
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -34,6 +42,9 @@ pub struct Options {
     pub max_batch: usize,
     /// Most bytes committed in one transaction.
     pub max_batch_bytes: usize,
+    /// Bytes appended after which the writer checkpoints the WAL's tail itself so the WAL starts
+    /// over (see the module docs); bounds `events.db-wal` near this size.
+    pub wal_rewind_bytes: usize,
 }
 
 impl Default for Options {
@@ -42,6 +53,7 @@ impl Default for Options {
             queue_capacity: 16_384,
             max_batch: 4_096,
             max_batch_bytes: 16 * 1024 * 1024,
+            wal_rewind_bytes: 64 * 1024 * 1024,
         }
     }
 }
@@ -49,6 +61,13 @@ impl Default for Options {
 enum Message {
     Append {
         payload: Vec<u8>,
+        done: oneshot::Sender<Result<(), String>>,
+    },
+    /// A consumer group's acknowledgement. It goes through the writer too, so the log has one
+    /// writer and an append never waits in SQLite's busy handler behind an ack.
+    Ack {
+        group: String,
+        sequence: i64,
         done: oneshot::Sender<Result<(), String>>,
     },
     Close(oneshot::Sender<()>),
@@ -72,11 +91,10 @@ impl SqliteLog {
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Full)
-            .busy_timeout(Duration::from_secs(10))
-            .statement_cache_capacity(ROWS_PER_STATEMENT + 16);
+            .busy_timeout(Duration::from_secs(10));
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
-            .connect_with(connect.clone())
+            .connect_with(connect)
             .await
             .with_context(|| format!("cannot open event log {}", path.display()))?;
         // The log's schema is two tables that never change shape; it needs no migration history.
@@ -99,13 +117,36 @@ impl SqliteLog {
         let last: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(seq), 0) FROM log")
             .fetch_one(&pool)
             .await?;
-        let writer_pool = SqlitePoolOptions::new()
-            .max_connections(1)
-            .connect_with(connect)
-            .await?;
         let (sender, receiver) = mpsc::channel(options.queue_capacity);
         let (committed_tx, committed) = watch::channel(last);
-        tokio::spawn(write_loop(writer_pool, receiver, committed_tx, options));
+        let (ready_tx, ready) = oneshot::channel();
+        let writer_path = path.to_owned();
+        std::thread::Builder::new()
+            .name("event-log-writer".into())
+            .spawn(move || {
+                let conn = match open_writer(&writer_path) {
+                    Ok(conn) => conn,
+                    Err(err) => {
+                        let _ = ready_tx.send(Err(err));
+                        return;
+                    }
+                };
+                let checkpointer = match Checkpointer::start(&writer_path) {
+                    Ok(c) => c,
+                    Err(err) => {
+                        let _ = ready_tx.send(Err(err));
+                        return;
+                    }
+                };
+                let _ = ready_tx.send(Ok(()));
+                write_loop(&conn, receiver, &committed_tx, &options);
+                checkpointer.stop();
+            })
+            .context("cannot start the event log writer thread")?;
+        ready
+            .await
+            .context("the event log writer thread stopped")?
+            .with_context(|| format!("cannot open event log {} for writing", path.display()))?;
         Ok(SqliteLog {
             sender,
             pool,
@@ -154,6 +195,7 @@ impl EventLog for SqliteLog {
                     .await?;
             let subscription: Box<dyn Subscription> = Box::new(SqliteSubscription {
                 pool: self.pool.clone(),
+                writer: self.sender.clone(),
                 group: group.to_owned(),
                 acked: acked.unwrap_or(0),
                 committed: self.committed.clone(),
@@ -175,17 +217,44 @@ impl EventLog for SqliteLog {
     }
 }
 
-async fn write_loop(
-    pool: SqlitePool,
+/// A connection with the log's durability settings; `busy_timeout` covers another process (or
+/// the checkpointer's restart) holding the file's write lock for a moment.
+fn connect_blocking(path: &Path) -> anyhow::Result<rusqlite::Connection> {
+    let conn = rusqlite::Connection::open(path)?;
+    conn.busy_timeout(Duration::from_secs(10))?;
+    conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL;")?;
+    Ok(conn)
+}
+
+fn open_writer(path: &Path) -> anyhow::Result<rusqlite::Connection> {
+    let conn = connect_blocking(path)?;
+    // Checkpoints are the checkpointer thread's job (see the module docs).
+    conn.execute_batch("PRAGMA wal_autocheckpoint = 0;")?;
+    Ok(conn)
+}
+
+/// The writer thread's loop: one transaction per batch of waiting appends, until `Close` or
+/// until every sender is gone.
+fn write_loop(
+    conn: &rusqlite::Connection,
     mut receiver: mpsc::Receiver<Message>,
-    committed: watch::Sender<i64>,
-    options: Options,
+    committed: &watch::Sender<i64>,
+    options: &Options,
 ) {
-    let mut statements: HashMap<usize, String> = HashMap::new();
+    let mut insert = match conn.prepare("INSERT INTO log (payload) VALUES (?1)") {
+        Ok(statement) => Some(statement),
+        Err(err) => {
+            // Every append is then answered with this error instead of hanging.
+            tracing::error!(error = %err, "cannot prepare the event log insert");
+            None
+        }
+    };
     let mut payloads: Vec<Vec<u8>> = Vec::new();
+    let mut acks: Vec<(String, i64)> = Vec::new();
     let mut waiters: Vec<oneshot::Sender<Result<(), String>>> = Vec::new();
     let mut closing: Option<oneshot::Sender<()>> = None;
-    while let Some(first) = receiver.recv().await {
+    let mut since_rewind = 0usize;
+    while let Some(first) = receiver.blocking_recv() {
         let mut bytes = 0usize;
         let mut next = Some(first);
         while let Some(message) = next.take() {
@@ -193,6 +262,14 @@ async fn write_loop(
                 Message::Append { payload, done } => {
                     bytes += payload.len();
                     payloads.push(payload);
+                    waiters.push(done);
+                }
+                Message::Ack {
+                    group,
+                    sequence,
+                    done,
+                } => {
+                    acks.push((group, sequence));
                     waiters.push(done);
                 }
                 Message::Close(done) => {
@@ -205,66 +282,151 @@ async fn write_loop(
             }
             next = receiver.try_recv().ok();
         }
-        if !payloads.is_empty() {
-            let result = commit(&pool, &payloads, &mut statements).await;
+        if !waiters.is_empty() {
+            let result = match insert.as_mut() {
+                Some(insert) => commit(conn, insert, &payloads, &acks).map_err(|e| e.to_string()),
+                None => Err("the event log cannot insert (see the log at start)".to_owned()),
+            };
             let answer = match result {
                 Ok(last) => {
-                    committed.send_replace(last);
+                    if !payloads.is_empty() {
+                        committed.send_replace(last);
+                    }
                     Ok(())
                 }
                 Err(err) => {
                     tracing::error!(error = %err, records = payloads.len(), "event log commit failed");
-                    Err(err.to_string())
+                    Err(err)
                 }
             };
             for waiter in waiters.drain(..) {
                 let _ = waiter.send(answer.clone());
             }
+            since_rewind += bytes;
             payloads.clear();
+            acks.clear();
+        }
+        if since_rewind >= options.wal_rewind_bytes {
+            match checkpoint_passive(conn) {
+                Ok(Checkpoint { frames, copied }) if copied == frames => since_rewind = 0,
+                // The background checkpoint holds the checkpoint lock, or a reader still needs
+                // old frames: try again after the next batch.
+                Ok(_) => {}
+                Err(err) if err.sqlite_error_code() == Some(rusqlite::ErrorCode::DatabaseBusy) => {}
+                Err(err) => tracing::warn!(error = %err, "event log checkpoint failed"),
+            }
         }
         if let Some(done) = closing.take() {
             receiver.close();
             // Appends queued behind the close message are refused, not lost silently.
-            while let Ok(Message::Append { done, .. }) = receiver.try_recv() {
-                let _ = done.send(Err("the log is closed".into()));
+            while let Ok(message) = receiver.try_recv() {
+                match message {
+                    Message::Append { done, .. } | Message::Ack { done, .. } => {
+                        let _ = done.send(Err("the log is closed".into()));
+                    }
+                    Message::Close(done) => {
+                        let _ = done.send(());
+                    }
+                }
             }
-            pool.close().await;
             let _ = done.send(());
             return;
         }
     }
 }
 
-/// Inserts `payloads` in one transaction; returns the last sequence written.
-async fn commit(
-    pool: &SqlitePool,
+/// Inserts `payloads` and records `acks` in one transaction; returns the last sequence written.
+/// A failure rolls the whole batch back: either every waiter's record is durable or none is.
+fn commit(
+    conn: &rusqlite::Connection,
+    insert: &mut rusqlite::Statement<'_>,
     payloads: &[Vec<u8>],
-    statements: &mut HashMap<usize, String>,
-) -> Result<i64, sqlx::Error> {
-    let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
-    for chunk in payloads.chunks(ROWS_PER_STATEMENT) {
-        let sql = statements.entry(chunk.len()).or_insert_with(|| {
-            let mut sql = String::from("INSERT INTO log (payload) VALUES ($1)");
-            for i in 2..=chunk.len() {
-                sql.push_str(&format!(",(${i})"));
-            }
-            sql
+    acks: &[(String, i64)],
+) -> rusqlite::Result<i64> {
+    conn.execute_batch("BEGIN IMMEDIATE")?;
+    let written = payloads
+        .iter()
+        .try_for_each(|payload| insert.execute([payload.as_slice()]).map(drop))
+        .and_then(|()| {
+            acks.iter().try_for_each(|(group, sequence)| {
+                conn.execute(
+                    "INSERT INTO log_groups (name, acked) VALUES (?1, ?2)
+                     ON CONFLICT (name) DO UPDATE SET acked = MAX(acked, excluded.acked)",
+                    rusqlite::params![group, sequence],
+                )
+                .map(drop)
+            })
         });
-        let mut query = sqlx::query(AssertSqlSafe(sql.clone()));
-        for payload in chunk {
-            query = query.bind(payload.as_slice());
+    match written.and_then(|()| conn.execute_batch("COMMIT")) {
+        Ok(()) => Ok(conn.last_insert_rowid()),
+        Err(err) => {
+            if !conn.is_autocommit() {
+                let _ = conn.execute_batch("ROLLBACK");
+            }
+            Err(err)
         }
-        query.execute(&mut *tx).await?;
     }
-    let last: i64 = sqlx::query_scalar("SELECT last_insert_rowid()")
-        .fetch_one(&mut *tx)
-        .await?;
-    tx.commit().await?;
-    Ok(last)
+}
+
+/// Copies committed WAL frames into the database file in the background.
+struct Checkpointer {
+    stop: std::sync::mpsc::Sender<()>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl Checkpointer {
+    fn start(path: &Path) -> anyhow::Result<Checkpointer> {
+        let conn = connect_blocking(path)?;
+        let (stop, stopped) = std::sync::mpsc::channel::<()>();
+        let path: PathBuf = path.to_owned();
+        let thread = std::thread::Builder::new()
+            .name("event-log-ckpt".into())
+            .spawn(move || {
+                while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+                    stopped.recv_timeout(CHECKPOINT_EVERY)
+                {
+                    if let Err(err) = checkpoint_passive(&conn) {
+                        tracing::warn!(error = %err, path = %path.display(), "event log checkpoint failed");
+                    }
+                }
+                // A last full copy, so a clean stop leaves a short WAL behind.
+                let _ = checkpoint_passive(&conn);
+            })?;
+        Ok(Checkpointer { stop, thread })
+    }
+
+    fn stop(self) {
+        drop(self.stop);
+        let _ = self.thread.join();
+    }
+}
+
+/// What a checkpoint found: frames in the WAL, and how many of them are now in the database.
+struct Checkpoint {
+    frames: i64,
+    copied: i64,
+}
+
+/// One PASSIVE checkpoint: copies what it can without waiting for (or blocking) any writer or
+/// reader; `SQLITE_BUSY` if another checkpoint is running.
+fn checkpoint_passive(conn: &rusqlite::Connection) -> rusqlite::Result<Checkpoint> {
+    conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| {
+        if row.get::<_, i64>(0)? != 0 {
+            return Err(rusqlite::Error::SqliteFailure(
+                rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_BUSY),
+                Some("another checkpoint is running".into()),
+            ));
+        }
+        Ok(Checkpoint {
+            frames: row.get(1)?,
+            copied: row.get(2)?,
+        })
+    })
 }
 
 struct SqliteSubscription {
     pool: SqlitePool,
+    writer: mpsc::Sender<Message>,
     group: String,
     acked: i64,
     /// Highest sequence handed out since the last ack, to count redeliveries.
@@ -313,14 +475,19 @@ impl Subscription for SqliteSubscription {
             let Some(last) = batch.iter().map(|d| d.sequence as i64).max() else {
                 return Ok(());
             };
-            sqlx::query(
-                "INSERT INTO log_groups (name, acked) VALUES ($1, $2)
-                 ON CONFLICT (name) DO UPDATE SET acked = MAX(acked, excluded.acked)",
-            )
-            .bind(&self.group)
-            .bind(last)
-            .execute(&self.pool)
-            .await?;
+            let (done, answer) = oneshot::channel();
+            self.writer
+                .send(Message::Ack {
+                    group: self.group.clone(),
+                    sequence: last,
+                    done,
+                })
+                .await
+                .map_err(|_| anyhow::anyhow!("the event log is closed"))?;
+            answer
+                .await
+                .map_err(|_| anyhow::anyhow!("the event log writer stopped"))?
+                .map_err(|err| anyhow::anyhow!("recording the acknowledgement failed: {err}"))?;
             self.acked = self.acked.max(last);
             Ok(())
         }
@@ -439,6 +606,53 @@ mod tests {
             log.append(b"after".to_vec()).await,
             Err(AppendError::Unavailable(_))
         ));
+    }
+
+    #[tokio::test]
+    async fn checkpoints_run_beside_the_writer() {
+        let (dir, log) = open_temp(Options::default()).await;
+        let db = dir.path().join("events.db");
+        let before = std::fs::metadata(&db).unwrap().len();
+        for _ in 0..200 {
+            log.append(vec![b'x'; 2_000]).await.unwrap();
+        }
+        // The writer never checkpoints (`wal_autocheckpoint=0`); only the checkpointer thread
+        // copies the 200 committed records from the WAL into the database file.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::fs::metadata(&db).unwrap().len() < before + 200 * 2_000 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no checkpoint copied the WAL into {} within 10 s",
+                db.display()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(log.count().await.unwrap(), 200);
+    }
+
+    #[tokio::test]
+    async fn the_writer_rewinds_a_busy_wal() {
+        // The WAL's size after 300 back-to-back appends (each its own commit: a few frames).
+        async fn wal_after_appends(wal_rewind_bytes: usize) -> u64 {
+            let (dir, log) = open_temp(Options {
+                wal_rewind_bytes,
+                ..Options::default()
+            })
+            .await;
+            for _ in 0..300 {
+                log.append(vec![b'x'; 2_000]).await.unwrap();
+            }
+            assert_eq!(log.count().await.unwrap(), 300);
+            std::fs::metadata(dir.path().join("events.db-wal"))
+                .unwrap()
+                .len()
+        }
+        let unbounded = wal_after_appends(usize::MAX).await;
+        let rewound = wal_after_appends(100_000).await;
+        assert!(
+            rewound * 2 < unbounded,
+            "rewinding every 100 kB left a {rewound}-byte WAL; without: {unbounded} bytes"
+        );
     }
 
     #[tokio::test]
