@@ -26,6 +26,8 @@ pub const MAX_BODY_BYTES: usize = 256 * 1024;
 const MAX_ITEMS: u16 = 200;
 
 type Pairs<'a> = Vec<(Cow<'a, str>, Cow<'a, str>)>;
+/// One event's parameters: the URL's, overridden by its body line's.
+type Params<'a> = BTreeMap<&'a str, &'a str>;
 
 /// Parses one `/g/collect` request into its events (at least one).
 ///
@@ -80,15 +82,23 @@ pub fn parse(raw: &RawRequest) -> Result<Vec<Hit>, ParseError> {
     }
 
     let shared: Pairs<'_> = form_urlencoded::parse(raw.query.as_bytes()).collect();
+    // Sorted once per request; each event line copies it and lays its own parameters over it.
+    // Later wins: a repeated parameter overrides its earlier occurrence.
+    let shared_map: Params<'_> = shared
+        .iter()
+        .map(|(k, v)| (k.as_ref(), v.as_ref()))
+        .collect();
     if lines.is_empty() {
-        return Ok(vec![build_hit(raw, &shared, &[], None)?]);
+        return Ok(vec![build_hit(raw, &shared_map, None)?]);
     }
     lines
         .iter()
         .enumerate()
         .map(|(index, line)| {
             let own: Pairs<'_> = form_urlencoded::parse(line).collect();
-            build_hit(raw, &shared, &own, Some(index))
+            let mut merged = shared_map.clone();
+            merged.extend(own.iter().map(|(k, v)| (k.as_ref(), v.as_ref())));
+            build_hit(raw, &merged, Some(index))
         })
         .collect()
 }
@@ -101,20 +111,12 @@ fn body_lines(body: &[u8]) -> Vec<&[u8]> {
         .collect()
 }
 
-/// Builds one event from the URL's parameters overridden by one body line's.
+/// Builds one event from its parameters (the URL's overridden by one body line's).
 fn build_hit(
     raw: &RawRequest,
-    shared: &[(Cow<'_, str>, Cow<'_, str>)],
-    own: &[(Cow<'_, str>, Cow<'_, str>)],
+    merged: &Params<'_>,
     event: Option<usize>,
 ) -> Result<Hit, ParseError> {
-    // Later wins: a line overrides the URL, and a repeated parameter its earlier occurrence.
-    let merged: BTreeMap<&str, &str> = shared
-        .iter()
-        .chain(own)
-        .map(|(k, v)| (k.as_ref(), v.as_ref()))
-        .collect();
-
     match merged.get("v") {
         None => return Err(ParseError::missing("v", event)),
         Some(&"2") => {}
@@ -141,7 +143,7 @@ fn build_hit(
     let mut hints = ClientHints::default();
     let mut items: BTreeMap<u16, Item> = BTreeMap::new();
 
-    for (&key, &value) in &merged {
+    for (&key, &value) in merged {
         let text = || non_empty(Some(value)).map(str::to_owned);
         match key {
             "v" | "tid" | "en" => {}
