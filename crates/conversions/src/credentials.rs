@@ -66,7 +66,7 @@ pub struct Credential {
 ///   `login_account_id`, and either `service_account_key` (the JSON key file) or `oauth`
 ///   (`client_id`, `client_secret`, `refresh_token`);
 /// - `ga4`: `measurement_id`, `api_secret`.
-#[derive(Debug, Deserialize, ToSchema)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CredentialRequest {
     pub platform: String,
@@ -84,6 +84,19 @@ pub struct CredentialRequest {
     pub oauth: Option<Value>,
     pub measurement_id: Option<String>,
     pub api_secret: Option<String>,
+}
+
+/// Names the platform and which fields are present, never their values: every secret field
+/// (`access_token`, `service_account_key`, `oauth`, `api_secret`) is one.
+impl std::fmt::Debug for CredentialRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CredentialRequest")
+            .field("platform", &self.platform)
+            .field("name", &self.name)
+            .field("pixel_id", &self.pixel_id)
+            .field("measurement_id", &self.measurement_id)
+            .finish_non_exhaustive()
+    }
 }
 
 /// What a credential opens to: everything needed to call its platform.
@@ -515,6 +528,10 @@ async fn test_credential(
         consent: Consent::default(),
     };
     let report = send(&clients, &secret, &[event], true).await;
+    tracing::debug!(
+        credential_id = %id, platform = platform.as_str(), status = ?report.status,
+        request = %report.request, response = %report.response, "credential tested"
+    );
     let response =
         serde_json::from_str(&report.response).unwrap_or(Value::String(report.response.clone()));
     let (ok, message) = match report.outcome {

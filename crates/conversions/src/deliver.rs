@@ -158,6 +158,13 @@ impl Sender {
             }
             let events: Vec<Conversion> = batch.iter().filter_map(|i| parsed[*i].clone()).collect();
             let report = credentials::send(&self.clients, &secret, &events, false).await;
+            tracing::debug!(
+                workspace_id = %workspace_id, credential_id = %credential.id,
+                platform = %credential.platform, events = events.len(),
+                status = ?report.status, outcome = outcome_name(&report.outcome),
+                request = %report.request, response = %report.response,
+                "conversion batch sent"
+            );
             let ids: Vec<ConversionId> = batch.iter().map(|i| rows[*i].id).collect();
             match &report.outcome {
                 Outcome::Accepted => {
@@ -325,6 +332,14 @@ impl Sender {
         metrics::counter!("conversions_delivered_total", "platform" => platform, "outcome" => outcome)
             .increment(ids.len() as u64);
         Ok(())
+    }
+}
+
+fn outcome_name(outcome: &Outcome) -> &'static str {
+    match outcome {
+        Outcome::Accepted => "accepted",
+        Outcome::Transient { .. } => "retry",
+        Outcome::Rejected { .. } => "rejected",
     }
 }
 

@@ -1,6 +1,6 @@
 //! Conversion events: recording one per (credential, event id) from a trigger, with the
 //! contact's identifiers and click ids, and queueing its delivery; the API to list them with
-//! their attempts, and stats per trigger and platform.
+//! their attempts (stats are in [`crate::stats`]).
 
 use axum::extract::State;
 use chrono::{DateTime, Utc};
@@ -26,7 +26,6 @@ pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(list_conversions))
         .routes(routes!(get_conversion))
-        .routes(routes!(conversion_stats))
 }
 
 pub fn conversion_not_found() -> ApiError {
@@ -72,7 +71,7 @@ impl ConversionStatus {
             ConversionStatus::Failed => "failed",
         }
     }
-    fn parse(text: &str) -> Self {
+    pub(crate) fn parse(text: &str) -> Self {
         match text {
             "sending" => ConversionStatus::Sending,
             "sent" => ConversionStatus::Sent,
@@ -444,99 +443,4 @@ async fn get_conversion(
             })
             .collect(),
     }))
-}
-
-#[derive(Debug, Deserialize, IntoParams)]
-#[into_params(parameter_in = Query)]
-pub struct StatsQuery {
-    /// Count conversions created at or after this instant (RFC 3339); default 30 days ago.
-    pub from: Option<String>,
-    /// … and before this one; default now.
-    pub to: Option<String>,
-}
-
-/// Counts of one trigger on one platform.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct StatsRow {
-    pub trigger_id: Option<TriggerId>,
-    pub platform: Platform,
-    /// Conversions generated.
-    pub total: i64,
-    /// Accepted by the platform.
-    pub sent: i64,
-    pub failed: i64,
-    /// Waiting for (or in) delivery.
-    pub pending: i64,
-}
-
-#[derive(Debug, Serialize, ToSchema)]
-pub struct Stats {
-    pub from: Timestamp,
-    pub to: Timestamp,
-    pub data: Vec<StatsRow>,
-}
-
-fn parse_instant(raw: Option<&str>, field: &str, default: Timestamp) -> ApiResult<Timestamp> {
-    match raw {
-        None => Ok(default),
-        Some(text) => DateTime::parse_from_rfc3339(text)
-            .map(|t| Timestamp::from(t.with_timezone(&Utc)))
-            .map_err(|_| {
-                ApiError::invalid_field(field, format!("`{field}` must be an RFC 3339 instant."))
-            }),
-    }
-}
-
-/// Conversions per trigger and platform in a window: generated, sent (accepted), failed,
-/// pending.
-#[utoipa::path(get, path = "/workspaces/{workspace_id}/conversions/stats", tag = "conversions",
-    params(("workspace_id" = WorkspaceId, Path), StatsQuery),
-    responses((status = 200, body = Stats), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)))]
-async fn conversion_stats(
-    State(state): State<AppState>,
-    scope: Scope,
-    Query(query): Query<StatsQuery>,
-) -> ApiResult<Json<Stats>> {
-    scope.require(Role::Member)?;
-    let now = Timestamp::now();
-    let from = parse_instant(
-        query.from.as_deref(),
-        "from",
-        now - std::time::Duration::from_secs(30 * 86400),
-    )?;
-    let to = parse_instant(query.to.as_deref(), "to", now)?;
-    let rows: Vec<(Option<TriggerId>, String, String, i64)> = with_db!(&state.db, pool => sqlx::query_as(
-        "SELECT trigger_id, platform, status, COUNT(*) FROM conversion_events
-         WHERE workspace_id = $1 AND created_at >= $2 AND created_at < $3
-         GROUP BY trigger_id, platform, status ORDER BY trigger_id, platform",
-    ).bind(scope.workspace_id).bind(from).bind(to).fetch_all(pool).await)?;
-    let mut data: Vec<StatsRow> = Vec::new();
-    for (trigger_id, platform, status, count) in rows {
-        let platform = Platform::parse(&platform).unwrap_or(Platform::Meta);
-        let index = match data
-            .iter()
-            .position(|r| r.trigger_id == trigger_id && r.platform == platform)
-        {
-            Some(i) => i,
-            None => {
-                data.push(StatsRow {
-                    trigger_id,
-                    platform,
-                    total: 0,
-                    sent: 0,
-                    failed: 0,
-                    pending: 0,
-                });
-                data.len() - 1
-            }
-        };
-        let row = &mut data[index];
-        row.total += count;
-        match ConversionStatus::parse(&status) {
-            ConversionStatus::Sent => row.sent += count,
-            ConversionStatus::Failed => row.failed += count,
-            _ => row.pending += count,
-        }
-    }
-    Ok(Json(Stats { from, to, data }))
 }

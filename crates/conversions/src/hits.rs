@@ -7,8 +7,9 @@
 //! after we read the hit. The job therefore looks the contact up by the hit's GA client id
 //! when it runs, and while it finds none it retries (every [`LOOKUP_RETRY`], up to
 //! [`LOOKUP_ATTEMPTS`] runs) before recording the conversion without one. The event id is the
-//! hit's id, the same as on the `form.submitted` path, so whichever comes first records the
-//! conversion and the other adds nothing.
+//! page's own event id (`ep.event_id`) when the hit has one, else the hit's id: the same choice
+//! as on the `form.submitted` path, so whichever comes first records the conversion and the
+//! other adds nothing.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
@@ -185,7 +186,7 @@ impl BatchHandler for HitConsumer {
 
 /// A usable page event id: a non-empty string or number of at most 100 characters (Meta's
 /// `event_id` and Data Manager's `transactionId` are free text; longer is not an id).
-fn page_event_id(value: &serde_json::Value) -> Option<String> {
+pub(crate) fn page_event_id(value: &serde_json::Value) -> Option<String> {
     let text = match value {
         serde_json::Value::String(s) => s.trim().to_owned(),
         serde_json::Value::Number(n) => n.to_string(),

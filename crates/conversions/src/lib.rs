@@ -2,7 +2,7 @@
 //! fingerprint), trigger configs that say which events produce which conversion for which
 //! credential, the conversion events they generate (one per credential and event id, so a
 //! redelivered source adds nothing), batched delivery through the job queue with every attempt
-//! kept, per-event failures, and stats. The wire adapters live in `connect::conversions`.
+//! kept, per-event failures, and stats per trigger and platform over time ([`stats`]). The wire adapters live in `connect::conversions`.
 //!
 //! Sources: CRM and automation domain events through an outbox consumer ([`sources`]), and
 //! automation steps through [`send_from_automation`].
@@ -12,6 +12,7 @@ pub mod deliver;
 pub mod events;
 pub mod hits;
 pub mod sources;
+pub mod stats;
 pub mod triggers;
 
 use std::collections::HashMap;
@@ -62,10 +63,13 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .merge(credentials::routes())
         .merge(triggers::routes())
         .merge(events::routes())
+        .merge(stats::routes())
 }
 
 /// The ad platforms we deliver to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, ToSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Platform {
     /// Meta Conversions API.

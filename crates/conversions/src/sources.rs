@@ -3,8 +3,10 @@
 //!   currency from the deal, event id `deal.won:{deal_id}`;
 //! - `form.submitted` (the CRM capture consumer, after it created or updated the contact) →
 //!   `crm` triggers on `form.submitted`, and `tracking` triggers on the hit's event name
-//!   (`purchase`, `generate_lead`). The event id is the **hit's id**, the id the browser pixel
-//!   sends as `eventID`, so the platform deduplicates the pixel against this server event.
+//!   (`purchase`, `generate_lead`). The event id is the page's own event id (`ep.event_id`,
+//!   the id a web container also gives the browser pixel as `eventID`, so the platform
+//!   deduplicates the pixel against this server event) when the hit carried one, else the
+//!   hit's id — the same choice as [`crate::hits`] makes.
 //!   Deriving tracked conversions here rather than straight from the event log settles the
 //!   race with the capture consumer: the contact (its email, phone and click ids) exists by
 //!   the time the event is published, in the same transaction;
@@ -106,9 +108,12 @@ async fn handle(event: &OutboxEvent, job: &JobContext) -> Result<(), JobError> {
             let Some(hit) = text(&data["hit_id"]).or_else(|| text(&data["event_id"])) else {
                 return Ok(());
             };
+            // The page's event id first, as for conversions read from the log (`hits`), so
+            // both paths name the conversion alike and the second adds nothing.
+            let event_id = crate::hits::page_event_id(&data["page_event_id"]).unwrap_or(hit);
             let params = &data["params"];
             let source = SourceEvent {
-                event_id: hit,
+                event_id,
                 contact_id: contact(&data["contact_id"]),
                 event_time: time(&data["event_time"]).or(published),
                 value: number(&params["value"]),

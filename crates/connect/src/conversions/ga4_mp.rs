@@ -20,10 +20,20 @@ pub const MAX_BATCH: usize = 25;
 pub const MAX_AGE_HOURS: i64 = 72;
 
 /// A GA4 web stream and its Measurement Protocol API secret.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Ga4Credential {
     pub measurement_id: String,
     pub api_secret: String,
+}
+
+/// Without the secret, so a credential in a log line or an error says which one it is and no
+/// more.
+impl std::fmt::Debug for Ga4Credential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ga4Credential")
+            .field("measurement_id", &self.measurement_id)
+            .finish_non_exhaustive()
+    }
 }
 
 fn consent_value(value: Option<bool>) -> Option<&'static str> {

@@ -21,12 +21,22 @@ pub const MAX_AGE_DAYS: i64 = 7;
 pub const MAX_BATCH: usize = 1000;
 
 /// A Meta dataset (pixel) and its access token.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct MetaCredential {
     pub pixel_id: String,
     pub access_token: String,
     /// Events Manager → Test Events; only for validation requests.
     pub test_event_code: Option<String>,
+}
+
+/// Without the access token, like [`super::google_auth::GoogleCredential`]'s.
+impl std::fmt::Debug for MetaCredential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MetaCredential")
+            .field("pixel_id", &self.pixel_id)
+            .field("test_event_code", &self.test_event_code)
+            .finish_non_exhaustive()
+    }
 }
 
 /// One `ServerEvent`.

@@ -227,6 +227,9 @@ impl Capturer {
                     let event = json!({
                         "contact_id": id, "created": done.created, "site_id": record.site_id,
                         "rule_id": rule.id, "event_id": hit.id, "hit_id": hit.id,
+                        // The page's own event id (`ep.event_id`), which a web container
+                        // also gives the browser pixel; `params` may be cut before it.
+                        "page_event_id": hit.params.get("event_id").map(|v| v.to_json()),
                         "event_name": hit.event_name, "event_time": hit.event_time,
                         "page": hit.page.location, "params": params,
                     });

@@ -26,6 +26,32 @@ const PUBLIC_KEY: &str =
 const META_TOKEN: &str = "EAAB-plaintext-meta-token-7f3a9c";
 const GA4_SECRET: &str = "ga4-plaintext-api-secret-51d0";
 const SA_EMAIL: &str = "switchyard@test-project.iam.gserviceaccount.com";
+const OAUTH_CLIENT_SECRET: &str = "GOCSPX-plaintext-client-secret-9e1";
+const REFRESH_TOKEN: &str = "1//plaintext-refresh-token-04ab";
+const WRONG_META_TOKEN: &str = "EAAB-wrong-plaintext-token-c0de";
+
+/// Every secret a test hands to the server (or the stand-ins hand back), and a line from the
+/// middle of the service-account key, which a PEM header check alone would not find.
+fn secrets() -> Vec<String> {
+    let key_line = KEY
+        .lines()
+        .nth(3)
+        .expect("a key body line")
+        .trim()
+        .to_owned();
+    assert!(key_line.len() >= 60, "{key_line}");
+    vec![
+        META_TOKEN.to_owned(),
+        WRONG_META_TOKEN.to_owned(),
+        GA4_SECRET.to_owned(),
+        OAUTH_CLIENT_SECRET.to_owned(),
+        REFRESH_TOKEN.to_owned(),
+        "PRIVATE KEY".to_owned(),
+        key_line,
+        // Google access tokens the stand-in token endpoint issued to the server.
+        "ya29.stand-in".to_owned(),
+    ]
+}
 
 #[derive(Default)]
 struct Platforms {
@@ -355,8 +381,12 @@ async fn credentials_are_sealed_validated_and_tested_postgres() {
     credentials_are_sealed_validated_and_tested(Backend::Postgres).await;
 }
 
+/// Also the log: the server's whole tracing output (every target at `debug`) while it creates,
+/// tests and delivers with each kind of credential, through retries and refusals, must not
+/// hold any secret.
 async fn credentials_are_sealed_validated_and_tested(backend: Backend) {
-    let (base, _platforms) = stand_ins().await;
+    let logs = crate::support::capture_logs();
+    let (base, platforms) = stand_ins().await;
     let Some(app) = spawn(backend, &base).await else {
         return;
     };
@@ -445,9 +475,10 @@ async fn credentials_are_sealed_validated_and_tested(backend: Backend) {
         .post(
             &path,
             t,
-            json!({ "platform": "meta", "pixel_id": "1234567890", "access_token": "EAAB-wrong" }),
+            json!({ "platform": "meta", "pixel_id": "1234567890", "access_token": WRONG_META_TOKEN }),
         )
         .await;
+    responses.push(wrong.clone());
     let (status, answer) = app
         .post(
             &format!("{path}/{}/test", wrong["id"].as_str().unwrap()),
@@ -466,6 +497,87 @@ async fn credentials_are_sealed_validated_and_tested(backend: Backend) {
         "{answer}"
     );
 
+    responses.push(answer);
+    // A refresh token Google refuses (the stand-in only grants service-account assertions).
+    let (status, oauth) = app
+        .post(&path, t, json!({
+            "platform": "data_manager", "operating_account_id": "2200043144",
+            "conversion_action_id": "7683937191",
+            "oauth": { "client_id": "1234.apps.googleusercontent.com", "client_secret": OAUTH_CLIENT_SECRET, "refresh_token": REFRESH_TOKEN },
+        }))
+        .await;
+    assert_eq!(status, 201, "{oauth}");
+    let oauth_id = oauth["id"].as_str().unwrap().to_owned();
+    responses.push(oauth);
+    let (status, answer) = app
+        .post(&format!("{path}/{oauth_id}/test"), t, json!({}))
+        .await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["ok"], false, "{answer}");
+    responses.push(answer);
+
+    // Deliveries with each credential: accepted after a 500 (Meta), accepted (Data Manager
+    // with a service account, GA4), refused for the token (Meta) or for the refresh token
+    // (Data Manager).
+    let (status, contact) = app
+        .post(
+            &format!("/api/v1/workspaces/{ws}/contacts"),
+            t,
+            json!({ "emails": ["secret-test@example.com"], "ga_client_ids": ["123456.1763800000"] }),
+        )
+        .await;
+    assert_eq!(status, 201, "{contact}");
+    let contact_id: crm::ContactId = contact["contact"]["id"].as_str().unwrap().parse().unwrap();
+    platforms.meta_failures.store(1, Ordering::SeqCst);
+    let scope = platform::Scope::system(ws.parse().unwrap());
+    let wrong_id = wrong["id"].as_str().unwrap().to_owned();
+    let mut expected = Vec::new();
+    for (credential, outcome) in [
+        (&meta_id, "sent"),
+        (&dm_id, "sent"),
+        (&ga4_id, "sent"),
+        (&wrong_id, "failed"),
+        (&oauth_id, "failed"),
+    ] {
+        let trigger_id = trigger(&app, &owner, &ws, json!({ "credential_id": credential, "source": "automation", "event": "step", "platform_event_name": "Lead" })).await;
+        let step = conversions::AutomationConversion {
+            trigger_id: trigger_id.parse().unwrap(),
+            contact_id: Some(contact_id),
+            event_name: None,
+            value: Some(5.0),
+            currency: Some("EUR".into()),
+            event_id: format!("secrets-{credential}"),
+        };
+        let id = conversions::send_from_automation(&app.state.db, &scope, &step)
+            .await
+            .unwrap();
+        expected.push((id.to_string(), outcome));
+    }
+    let settled = wait_conversions(&app, &owner, &ws, |c| {
+        c.len() == expected.len()
+            && c.iter()
+                .all(|c| c["status"] == "sent" || c["status"] == "failed")
+    })
+    .await;
+    for (id, outcome) in &expected {
+        let c = settled.iter().find(|c| c["id"] == id.as_str()).unwrap();
+        assert_eq!(c["status"], *outcome, "{c}");
+        let (status, detail) = app
+            .get(
+                &format!("/api/v1/workspaces/{ws}/conversions/events/{id}"),
+                t,
+            )
+            .await;
+        assert_eq!(status, 200, "{detail}");
+        responses.push(detail);
+    }
+    let meta_conversion = settled
+        .iter()
+        .find(|c| c["id"] == expected[0].0.as_str())
+        .unwrap();
+    assert_eq!(meta_conversion["attempts"], 2, "{meta_conversion}");
+    responses.push(json!(settled));
+
     // A member may read, not write; another workspace sees nothing.
     let (status, _) = app
         .call(
@@ -480,15 +592,39 @@ async fn credentials_are_sealed_validated_and_tested(backend: Backend) {
     assert_eq!(status, 404);
     assert_eq!(gone["error"]["code"], "credential_not_found");
 
-    // No plaintext secret in any response, nor in the database file.
+    // No plaintext secret in any response, nor in the database file, nor in the log.
     for response in &responses {
         let text = response.to_string();
-        for secret in [META_TOKEN, GA4_SECRET, "PRIVATE KEY"] {
-            assert!(!text.contains(secret), "{secret} leaked: {text}");
+        for secret in secrets() {
+            assert!(!text.contains(&secret), "{secret} leaked: {text}");
         }
     }
     if backend == Backend::Sqlite {
         assert_no_plaintext_in_state_files(&app);
+    }
+    drop(app);
+    let log = logs.text();
+    // The capture saw the paths that handle secrets, at debug, and the dependencies' lines.
+    for seen in [
+        "credential tested",
+        "conversion batch sent",
+        "outcome=\"accepted\"",
+        "outcome=\"retry\"",
+        "outcome=\"rejected\"",
+        " DEBUG ",
+        "sqlx::query",
+    ] {
+        assert!(log.contains(seen), "the captured log has no {seen:?}");
+    }
+    for secret in secrets() {
+        let encoded: String = form_urlencoded::byte_serialize(secret.as_bytes()).collect();
+        for form in [secret.clone(), encoded] {
+            if let Some(at) = log.find(&form) {
+                let line = log[..at].rfind('\n').map_or(0, |i| i + 1);
+                let end = log[at..].find('\n').map_or(log.len(), |i| at + i);
+                panic!("{secret} is in the log: {}", &log[line..end]);
+            }
+        }
     }
 }
 
@@ -501,7 +637,7 @@ fn assert_no_plaintext_in_state_files(app: &TestApp) {
             continue;
         }
         let bytes = std::fs::read(&path).unwrap();
-        for secret in [META_TOKEN, GA4_SECRET, "BEGIN PRIVATE KEY"] {
+        for secret in secrets() {
             assert!(
                 !bytes.windows(secret.len()).any(|w| w == secret.as_bytes()),
                 "{secret} found in {name}"
@@ -740,6 +876,86 @@ async fn deal_won_to_meta_and_data_manager(backend: Backend) {
         .get(&format!("{api}/conversions/stats?from=yesterday"), t)
         .await;
     assert_eq!(status, 422, "{err}");
+
+    // Per UTC day: the failed Data Manager conversion (and its attempt) moved to yesterday
+    // noon; the rest happened today. Meta's conversion went out three times (500, 500,
+    // accepted) and counts as sent once.
+    let now = chrono::Utc::now();
+    let yesterday = (now - chrono::Duration::days(1)).date_naive();
+    let today = now.date_naive();
+    let tomorrow = (now + chrono::Duration::days(1)).date_naive();
+    let noon = platform::Timestamp::from(yesterday.and_hms_opt(12, 0, 0).unwrap().and_utc());
+    for sql in [
+        "UPDATE conversion_events SET created_at = $1 WHERE id = $2",
+        "UPDATE conversion_attempts SET created_at = $1 WHERE conversion_id = $2",
+    ] {
+        platform::with_db!(&app.state.db, pool => sqlx::query(sql).bind(noon).bind(bad).execute(pool).await)
+            .unwrap();
+    }
+    let (status, stats) = app
+        .get(
+            &format!("{api}/conversions/stats?from={yesterday}&to={tomorrow}&interval=day"),
+            t,
+        )
+        .await;
+    assert_eq!(status, 200, "{stats}");
+    assert_eq!(stats["interval"], "day");
+    let row = |trigger: &str| {
+        stats["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["trigger_id"] == trigger)
+            .unwrap_or_else(|| panic!("no row for {trigger}: {stats}"))
+            .clone()
+    };
+    let day = |date: chrono::NaiveDate, generated: i64, sent: i64, accepted: i64, failed: i64| json!({ "date": date.to_string(), "generated": generated, "sent": sent, "accepted": accepted, "failed": failed });
+    assert_eq!(
+        row(&dm_trigger),
+        json!({ "trigger_id": dm_trigger, "platform": "data_manager", "total": 3, "sent": 2, "failed": 1, "pending": 0,
+            "series": [day(yesterday, 1, 1, 0, 1), day(today, 2, 2, 2, 0)] })
+    );
+    assert_eq!(
+        row(&meta_trigger),
+        json!({ "trigger_id": meta_trigger, "platform": "meta", "total": 1, "sent": 1, "failed": 0, "pending": 0,
+            "series": [day(yesterday, 0, 0, 0, 0), day(today, 1, 1, 1, 0)] })
+    );
+    // Today alone: the failure is outside the window, in totals and series.
+    let (_, stats) = app
+        .get(
+            &format!("{api}/conversions/stats?from={today}&to={tomorrow}&interval=day"),
+            t,
+        )
+        .await;
+    let dm_today = stats["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["trigger_id"] == dm_trigger.as_str())
+        .unwrap()
+        .clone();
+    assert_eq!(
+        dm_today,
+        json!({ "trigger_id": dm_trigger, "platform": "data_manager", "total": 2, "sent": 2, "failed": 0, "pending": 0,
+            "series": [day(today, 2, 2, 2, 0)] })
+    );
+    for (query, field) in [
+        (
+            format!("from={today}&to={tomorrow}&interval=hour"),
+            "interval",
+        ),
+        (
+            format!("from=2020-01-01&to={tomorrow}&interval=day"),
+            "from",
+        ),
+        (format!("from={tomorrow}&to={today}"), "to"),
+    ] {
+        let (status, err) = app
+            .get(&format!("{api}/conversions/stats?{query}"), t)
+            .await;
+        assert_eq!(status, 422, "{query}: {err}");
+        assert_eq!(err["error"]["details"]["field"], field, "{query}: {err}");
+    }
 
     // A disabled trigger takes no automation step.
     let (status, _) = app
@@ -1281,4 +1497,132 @@ async fn page_event_id(backend: Backend) {
         "{sent:?}"
     );
     assert_eq!(sent.len(), 2, "{sent:?}");
+}
+
+#[tokio::test]
+async fn a_form_submission_takes_the_page_event_id_sqlite() {
+    form_submission_page_event_id(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn a_form_submission_takes_the_page_event_id_postgres() {
+    form_submission_page_event_id(Backend::Postgres).await;
+}
+
+/// A captured form (`form.submitted`) takes the page's event id (`ep.event_id`) like a tracked
+/// conversion does, else the hit id. A `purchase` that is both captured and tracked for the
+/// same credential reaches it through both paths with one id, so it is one conversion.
+async fn form_submission_page_event_id(backend: Backend) {
+    let (base, platforms) = stand_ins().await;
+    let Some(app) = spawn(backend, &base).await else {
+        return;
+    };
+    let owner = app.signup("conv-form-id@example.com").await;
+    let ws = app.workspace(&owner, "Form event ids").await;
+    let t = owner.token.as_str();
+    let api = format!("/api/v1/workspaces/{ws}");
+    let (site_id, _, _) = app.site(&owner, &ws, HOST).await;
+    for event in ["purchase", "generate_lead"] {
+        let (status, rule) = app
+            .post(
+                &format!("{api}/capture-rules"),
+                t,
+                json!({
+                    "site_id": site_id, "name": event, "event_name": event,
+                    "mappings": [{ "source": "param:email", "target": "emails" }],
+                }),
+            )
+            .await;
+        assert_eq!(status, 201, "{rule}");
+    }
+    let (meta_id, dm_id) = credentials(&app, &owner, &ws).await;
+    // Meta: the tracked purchase (from the log, and from the capture's form.submitted).
+    trigger(&app, &owner, &ws, json!({ "credential_id": meta_id, "source": "tracking", "event": "purchase", "platform_event_name": "Purchase" })).await;
+    // Data Manager: every captured form.
+    trigger(
+        &app,
+        &owner,
+        &ws,
+        json!({ "credential_id": dm_id, "source": "crm", "event": "form.submitted" }),
+    )
+    .await;
+
+    let cid = "555000222.1763800000";
+    gtag(&app, cid, "/?gclid=Cj0-form-click", &[("en", "page_view")]).await;
+    gtag(
+        &app,
+        cid,
+        "/checkout/done",
+        &[
+            ("en", "purchase"),
+            ("ep.email", "form@example.com"),
+            ("ep.event_id", "order-2002.purchase"),
+            ("epn.value", "30"),
+            ("cu", "EUR"),
+        ],
+    )
+    .await;
+    gtag(
+        &app,
+        cid,
+        "/contact",
+        &[("en", "generate_lead"), ("ep.email", "form@example.com")],
+    )
+    .await;
+
+    let settled = |c: &[Value]| c.len() == 3 && c.iter().all(|c| c["status"] == "sent");
+    wait_conversions(&app, &owner, &ws, settled).await;
+    // The log path's job runs 2 s after the hit (and looks the contact up again): give it
+    // time to find the purchase already recorded.
+    tokio::time::sleep(Duration::from_millis(4500)).await;
+    let conversions = wait_conversions(&app, &owner, &ws, settled).await;
+    let lead_hit = app
+        .log_records()
+        .await
+        .iter()
+        .flat_map(|r| r.hits.iter())
+        .find(|h| h.event_name == "generate_lead")
+        .unwrap()
+        .id
+        .to_string();
+    let mut got: Vec<(String, String)> = conversions
+        .iter()
+        .map(|c| {
+            (
+                c["platform"].as_str().unwrap().to_owned(),
+                c["event_id"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    got.sort();
+    let mut want = vec![
+        ("data_manager".to_owned(), "order-2002.purchase".to_owned()),
+        ("data_manager".to_owned(), lead_hit.clone()),
+        ("meta".to_owned(), "order-2002.purchase".to_owned()),
+    ];
+    want.sort();
+    assert_eq!(got, want);
+
+    let meta: Vec<Value> = sent_to(&platforms, "meta")
+        .iter()
+        .flat_map(|b| b["data"].as_array().cloned().unwrap_or_default())
+        .collect();
+    assert_eq!(meta.len(), 1, "{meta:?}");
+    assert_eq!(meta[0]["event_id"], "order-2002.purchase");
+    assert_eq!(
+        meta[0]["user_data"]["em"][0],
+        sha("form@example.com").as_str()
+    );
+    let mut dm: Vec<String> = sent_to(&platforms, "data_manager")
+        .iter()
+        .flat_map(|b| b["events"].as_array().cloned().unwrap_or_default())
+        .map(|e| {
+            assert_eq!(e["adIdentifiers"]["gclid"], "Cj0-form-click", "{e}");
+            e["transactionId"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    dm.sort();
+    let mut want = vec!["order-2002.purchase".to_owned(), lead_hit];
+    want.sort();
+    assert_eq!(dm, want);
 }

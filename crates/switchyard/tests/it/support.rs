@@ -354,3 +354,53 @@ impl TestApp {
         }
     }
 }
+
+/// The log output of every server in this test process, captured the way `switchyard serve`
+/// writes it (tracing's text formatter, spans and fields), at `debug` for every target.
+///
+/// A process-wide subscriber: the server's tasks run on the runtime's worker threads, where a
+/// thread-local default would see nothing. nextest runs each test in a process of its own, so
+/// the text is this test's; under `cargo test` it may hold other tests' lines as well.
+pub struct CapturedLogs(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+struct LogSink(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogSink {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Installs the capturing subscriber (once per process) and returns its buffer.
+pub fn capture_logs() -> CapturedLogs {
+    static BUFFER: std::sync::OnceLock<std::sync::Arc<std::sync::Mutex<Vec<u8>>>> =
+        std::sync::OnceLock::new();
+    let buffer = BUFFER
+        .get_or_init(|| {
+            let buffer = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+            let sink = buffer.clone();
+            tracing_subscriber::fmt()
+                .with_env_filter(tracing_subscriber::EnvFilter::new("debug"))
+                .with_writer(move || LogSink(sink.clone()))
+                .with_ansi(false)
+                .try_init()
+                .expect("no other global subscriber in the test process");
+            buffer
+        })
+        .clone();
+    CapturedLogs(buffer)
+}
+
+impl CapturedLogs {
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap_or_else(|e| e.into_inner())).into_owned()
+    }
+}
