@@ -232,19 +232,38 @@ fn seconds(ms: i64) -> i64 {
     ms.div_euclid(1000).clamp(0, i64::from(u32::MAX))
 }
 
-/// `site_id = … AND time in [from, to) AND bot = 0` plus the filters.
-fn where_clause(query: &Query, from: Timestamp, to: Timestamp) -> String {
+/// `site_id = … AND time in [from, to) AND bot = 0` plus the filters; `table` is the events
+/// table, which session filters read again.
+fn where_clause(table: &str, query: &Query, from: Timestamp, to: Timestamp) -> String {
     let (from, to) = (from.as_millis(), to.as_millis());
+    let site = quote(&query.site_id.uuid().to_string());
     let mut sql = format!(
-        "site_id = {} AND ts >= toDateTime({}) AND ts <= toDateTime({}) \
+        "site_id = {site} AND ts >= toDateTime({}) AND ts <= toDateTime({}) \
          AND time_ms >= {from} AND time_ms < {to} AND bot = 0",
-        quote(&query.site_id.uuid().to_string()),
         seconds(from),
         seconds(to),
     );
     for filter in &query.filters {
-        let column = column_sql(&filter.dimension);
         let value = quote(&filter.value);
+        if let Dimension::Session(column) = &filter.dimension {
+            // The sessions whose entry (exit) page matches; a session without page views has
+            // none, so it never matches `is` or `contains` and always matches `is_not`, as a
+            // NULL column does below.
+            let (operator, condition) = match filter.op {
+                FilterOp::Is => ("IN", format!("page = concat('p', {value})")),
+                FilterOp::IsNot => ("NOT IN", format!("page = concat('p', {value})")),
+                FilterOp::Contains => (
+                    "IN",
+                    format!("positionCaseInsensitive(substring(page, 2), {value}) > 0"),
+                ),
+            };
+            sql.push_str(&format!(
+                " AND session {operator} (SELECT session FROM ({}) WHERE page != '' AND {condition})",
+                session_pages(table, &site, column, None)
+            ));
+            continue;
+        }
+        let column = column_sql(&filter.dimension);
         // `ifNull(…, 0)`: a missing value never matches `is` or `contains`, and always matches
         // `is_not` (SQLite's `IS NOT`); 18.16 has no three-valued OR to lean on.
         sql.push_str(&match filter.op {
@@ -259,6 +278,31 @@ fn where_clause(query: &Query, from: Timestamp, to: Timestamp) -> String {
     sql
 }
 
+/// `session, page` for the site's sessions with a page view (only those in `sessions`, a
+/// subquery, when given): `page` is the path of the session's first (`entry_page`) or last
+/// (`exit_page`) non-bot page view over its whole life, not just the queried range, as the
+/// embedded store's `sessions` table keeps it. Ties on the millisecond go to the smaller (larger)
+/// hit id. The path is encoded as `'p' || path`, `''` when that page view had none, because
+/// `argMin`/`argMax` skip NULL arguments; [`SESSION_PAGE`] decodes it. Unmerged duplicates of a
+/// hit change nothing.
+fn session_pages(table: &str, site: &str, column: &str, sessions: Option<&str>) -> String {
+    let pick = if column == "exit_page" {
+        "argMax"
+    } else {
+        "argMin"
+    };
+    let within = sessions.map_or(String::new(), |s| format!(" AND session IN ({s})"));
+    format!(
+        "SELECT session, {pick}(if(isNull(page_path), '', concat('p', ifNull(page_path, ''))), \
+         tuple(time_ms, hit_id)) AS page FROM {table} \
+         WHERE site_id = {site} AND bot = 0 AND event_name = 'page_view'{within} GROUP BY session"
+    )
+}
+
+/// A [`session_pages`] `page` back as the path, NULL for none (also the join's default `''`
+/// for a session without page views).
+const SESSION_PAGE: &str = "if(page = '', NULL, substring(page, 2))";
+
 /// The SQL for a dimension: a whitelisted column, or a parameter's text (NULL when absent).
 fn column_sql(dimension: &Dimension) -> String {
     match dimension {
@@ -267,7 +311,7 @@ fn column_sql(dimension: &Dimension) -> String {
             let name = quote(name);
             format!("if(has(param_keys, {name}), param_values[indexOf(param_keys, {name})], NULL)")
         }
-        // Refused before a query is built: see `supports_sessions`.
+        // Session dimensions are joined per session: see `where_clause` and `breakdown`.
         Dimension::Session(_) => "NULL".to_owned(),
     }
 }
@@ -503,12 +547,6 @@ const TOTALS: &str = "uniqExact(visitor) AS visitors, uniqExact(session) AS sess
     uniqExactIf(hit_id, event_name = 'page_view') AS pageviews, uniqExact(hit_id) AS events";
 
 impl AnalyticsStore for ClickHouseAnalytics {
-    /// Not built yet on ClickHouse: entry/exit pages are answered by the embedded store only
-    /// (the API refuses them with `unsupported_by_store`).
-    fn supports_sessions(&self) -> bool {
-        false
-    }
-
     /// `windowFunnel` (present in 18.16 and current releases) per visitor on the ticks of
     /// [`super::query::funnel_tick_ms`]; duplicates of an unmerged hit repeat a (tick, step)
     /// pair, which changes nothing.
@@ -543,7 +581,7 @@ impl AnalyticsStore for ClickHouseAnalytics {
                     }
                 })
                 .collect();
-            let filter = where_clause(query, query.from, query.to);
+            let filter = where_clause(&self.table, query, query.from, query.to);
             let tick = super::query::funnel_tick_ms(query, window_seconds);
             let window = window_seconds * 1000 / tick;
             let from = query.from.as_millis();
@@ -617,7 +655,7 @@ impl AnalyticsStore for ClickHouseAnalytics {
 
     fn summary<'a>(&'a self, query: &'a Query) -> BoxFuture<'a, anyhow::Result<Summary>> {
         async move {
-            let filter = where_clause(query, query.from, query.to);
+            let filter = where_clause(&self.table, query, query.from, query.to);
             let totals: Totals = self
                 .one(format!(
                     "SELECT {TOTALS} FROM {} WHERE {filter}",
@@ -667,8 +705,12 @@ impl AnalyticsStore for ClickHouseAnalytics {
                     .iter()
                     .enumerate()
                     .map(|(i, (start, end))| {
-                        let filter =
-                            where_clause(query, (*start).max(query.from), (*end).min(query.to));
+                        let filter = where_clause(
+                            &self.table,
+                            query,
+                            (*start).max(query.from),
+                            (*end).min(query.to),
+                        );
                         format!(
                             "SELECT {} AS bucket, {TOTALS} FROM {} WHERE {filter}",
                             offset + i,
@@ -704,19 +746,41 @@ impl AnalyticsStore for ClickHouseAnalytics {
         limit: u32,
     ) -> BoxFuture<'a, anyhow::Result<Vec<BreakdownRow>>> {
         async move {
-            let filter = where_clause(query, query.from, query.to);
-            let column = column_sql(dimension);
+            let filter = where_clause(&self.table, query, query.from, query.to);
             // `dim`, not `value`: an alias must not shadow the `value` column. NULL sorts first,
             // as in SQLite.
-            let rows: Vec<BreakdownLine> = self
-                .rows(format!(
-                    "SELECT {column} AS dim, uniqExact(visitor) AS visitors,
-                            uniqExact(hit_id) AS events
-                     FROM {} WHERE {filter} GROUP BY dim
-                     ORDER BY visitors DESC, events DESC, isNotNull(dim), dim LIMIT {limit}",
+            let order = format!(
+                "GROUP BY dim ORDER BY visitors DESC, events DESC, isNotNull(dim), dim LIMIT {limit}"
+            );
+            let sql = match dimension {
+                // Per session first (its visitor and its events in range: sessions share no
+                // hit), then joined to its entry (exit) page and grouped. The aliases are what
+                // current ClickHouse requires of joined subqueries; 18.16 accepts them.
+                Dimension::Session(column) => {
+                    let in_range = format!("SELECT session FROM {} WHERE {filter}", self.table);
+                    let pages = session_pages(
+                        &self.table,
+                        &quote(&query.site_id.uuid().to_string()),
+                        column,
+                        Some(&in_range),
+                    );
+                    format!(
+                        "SELECT {SESSION_PAGE} AS dim, uniqExact(v) AS visitors, sum(n) AS events
+                         FROM (SELECT session, any(visitor) AS v, uniqExact(hit_id) AS n
+                               FROM {} WHERE {filter} GROUP BY session) AS in_range
+                         ANY LEFT JOIN ({pages}) AS pages USING session
+                         {order}",
+                        self.table
+                    )
+                }
+                _ => format!(
+                    "SELECT {} AS dim, uniqExact(visitor) AS visitors, uniqExact(hit_id) AS events
+                     FROM {} WHERE {filter} {order}",
+                    column_sql(dimension),
                     self.table
-                ))
-                .await?;
+                ),
+            };
+            let rows: Vec<BreakdownLine> = self.rows(sql).await?;
             Ok(rows
                 .into_iter()
                 .map(|r| BreakdownRow {
@@ -737,7 +801,7 @@ impl AnalyticsStore for ClickHouseAnalytics {
         limit: u32,
     ) -> BoxFuture<'a, anyhow::Result<Vec<AnalyticsEvent>>> {
         async move {
-            let mut filter = where_clause(query, query.from, query.to);
+            let mut filter = where_clause(&self.table, query, query.from, query.to);
             if let Some(before) = before {
                 // Hyphenated lowercase hex sorts as the UUID's bytes do, like SQLite's BLOBs.
                 filter.push_str(&format!(
@@ -798,7 +862,7 @@ mod tests {
                 super::super::Filter::parse("param:plan:contains:pro").unwrap(),
             ],
         };
-        let sql = where_clause(&query, query.from, query.to);
+        let sql = where_clause("t", &query, query.from, query.to);
         assert!(
             sql.starts_with(&format!("site_id = '{}'", site.uuid())),
             "{sql}"
