@@ -8,14 +8,16 @@
 //! parameter is passed to ClickHouse with every request (settings such as
 //! `max_execution_time=30`).
 //!
-//! Idempotency: the table is a `ReplacingMergeTree` keyed by `(site_id, toDate(ts), hit_id)`, so
-//! a redelivered hit (same site, same time, same id) collapses into one row — but only when a
-//! background merge gets to it, which may be never for parts that are not merged together. Queries
-//! therefore never assume merged data: every count is `uniqExact(hit_id)` (or `uniqExactIf`),
-//! visitors and sessions are distinct counts anyway, per-session maxima and minima ignore
-//! duplicates, and raw reads take `LIMIT 1 BY hit_id`. We chose this over `FINAL` because `FINAL`
-//! merges at query time (single-threaded on 18.16, and it defeats `PREWHERE`), while distinct
-//! counts cost one hash set per aggregate and are exact before and after merges.
+//! Idempotency: `insert` skips the hits already stored (looked up by site, time range and hit id,
+//! which the primary index serves) and the hits repeated within its batch, and one store's
+//! inserts take turns, so a redelivered batch adds no row and counts are plain `count()`s. The
+//! table is also a `ReplacingMergeTree` keyed by `(site_id, toDate(ts), hit_id)`: should two
+//! processes insert the same hit at the same moment (a redelivery racing the original), the
+//! background merges collapse the pair eventually (`OPTIMIZE TABLE … FINAL` at once); until then
+//! that hit counts twice. Raw reads take `LIMIT 1 BY hit_id`, visitors and sessions are distinct
+//! counts. Until 2026-12 every count was `uniqExact(hit_id)`, exact even with unmerged duplicates,
+//! but a hash set of every hit id made the dashboard 2–3× slower than a plain `count()`
+//! (bench/RESULTS.md); `FINAL` was not an option (a single-threaded merge at query time on 18.16).
 //!
 //! Times: `time_ms` (Int64, epoch milliseconds) is what queries compare and order by, exactly as
 //! the SQLite store does; `ts` (DateTime, seconds) is `MATERIALIZED` from it, for partitioning and
@@ -49,6 +51,9 @@ const BUCKETS_PER_QUERY: usize = 40;
 
 /// Rows per insert request.
 const ROWS_PER_INSERT: usize = 10_000;
+
+/// Hit ids per lookup of those already stored: keeps the query text under `max_query_size`.
+const IDS_PER_LOOKUP: usize = 2_000;
 
 const DEFAULT_DATABASE: &str = "switchyard";
 
@@ -122,6 +127,8 @@ pub struct ClickHouseAnalytics {
     auth: Option<(String, Option<String>)>,
     /// `` `db`.events ``
     table: String,
+    /// Inserts take turns, so two batches holding the same hit cannot both find it missing.
+    insert_turn: tokio::sync::Mutex<()>,
 }
 
 impl ClickHouseAnalytics {
@@ -175,6 +182,7 @@ impl ClickHouseAnalytics {
             endpoint,
             auth,
             table: format!("`{database}`.events"),
+            insert_turn: tokio::sync::Mutex::new(()),
         };
         store
             .execute(format!("CREATE DATABASE IF NOT EXISTS `{database}`"))
@@ -216,6 +224,43 @@ impl ClickHouseAnalytics {
                     .with_context(|| format!("unexpected ClickHouse row {line}"))
             })
             .collect()
+    }
+
+    /// The hit ids of `events` already stored (per site, within the batch's time range, so the
+    /// primary index prunes to those days).
+    async fn stored(
+        &self,
+        events: &[AnalyticsEvent],
+    ) -> anyhow::Result<std::collections::HashSet<String>> {
+        let mut by_site: std::collections::HashMap<SiteId, Vec<&AnalyticsEvent>> =
+            std::collections::HashMap::new();
+        for e in events {
+            by_site.entry(e.site_id).or_default().push(e);
+        }
+        let mut stored = std::collections::HashSet::new();
+        for (site, events) in by_site {
+            for chunk in events.chunks(IDS_PER_LOOKUP) {
+                let times = chunk.iter().map(|e| e.time.as_millis());
+                let (from, to) = (times.clone().min().unwrap_or(0), times.max().unwrap_or(0));
+                let ids: Vec<String> = chunk
+                    .iter()
+                    .map(|e| quote(&e.hit_id.uuid().to_string()))
+                    .collect();
+                let rows: Vec<StoredHit> = self
+                    .rows(format!(
+                        "SELECT DISTINCT hit_id FROM {} WHERE site_id = {} \
+                         AND ts >= toDateTime({}) AND ts <= toDateTime({}) AND hit_id IN ({})",
+                        self.table,
+                        quote(&site.uuid().to_string()),
+                        seconds(from),
+                        seconds(to),
+                        ids.join(",")
+                    ))
+                    .await?;
+                stored.extend(rows.into_iter().map(|r| r.hit_id));
+            }
+        }
+        Ok(stored)
     }
 
     async fn one<T: DeserializeOwned>(&self, sql: String) -> anyhow::Result<T> {
@@ -435,6 +480,14 @@ struct Totals {
     events: i64,
 }
 
+#[derive(Deserialize)]
+struct SummaryLine {
+    #[serde(flatten)]
+    totals: Totals,
+    #[serde(flatten)]
+    sessions: SessionStats,
+}
+
 /// Averages over sessions; `null` (NaN) when there are none.
 #[derive(Deserialize)]
 struct SessionStats {
@@ -448,6 +501,11 @@ struct Bucket {
     bucket: i64,
     #[serde(flatten)]
     totals: Totals,
+}
+
+#[derive(Deserialize)]
+struct StoredHit {
+    hit_id: String,
 }
 
 #[derive(Deserialize)]
@@ -542,9 +600,9 @@ impl From<EventRow> for AnalyticsEvent {
     }
 }
 
-/// The four headline counts, exact whether or not duplicates have been merged away.
+/// The four headline counts (each hit is stored once: see the module's idempotency note).
 const TOTALS: &str = "uniqExact(visitor) AS visitors, uniqExact(session) AS sessions, \
-    uniqExactIf(hit_id, event_name = 'page_view') AS pageviews, uniqExact(hit_id) AS events";
+    countIf(event_name = 'page_view') AS pageviews, count() AS events";
 
 impl AnalyticsStore for ClickHouseAnalytics {
     /// `windowFunnel` (present in 18.16 and current releases) per visitor on the ticks of
@@ -610,7 +668,14 @@ impl AnalyticsStore for ClickHouseAnalytics {
 
     fn insert<'a>(&'a self, events: &'a [AnalyticsEvent]) -> BoxFuture<'a, anyhow::Result<()>> {
         async move {
-            for chunk in events.chunks(ROWS_PER_INSERT) {
+            let _turn = self.insert_turn.lock().await;
+            let stored = self.stored(events).await?;
+            let mut seen = std::collections::HashSet::new();
+            let fresh: Vec<&AnalyticsEvent> = events
+                .iter()
+                .filter(|e| !stored.contains(&e.hit_id.uuid().to_string()) && seen.insert(e.hit_id))
+                .collect();
+            for chunk in fresh.chunks(ROWS_PER_INSERT) {
                 let mut body = format!(
                     "INSERT INTO {} ({INSERT_COLUMNS}) FORMAT JSONEachRow\n",
                     self.table
@@ -656,21 +721,21 @@ impl AnalyticsStore for ClickHouseAnalytics {
     fn summary<'a>(&'a self, query: &'a Query) -> BoxFuture<'a, anyhow::Result<Summary>> {
         async move {
             let filter = where_clause(&self.table, query, query.from, query.to);
-            let totals: Totals = self
+            // One pass: per session first (its visitor, counts, engagement and length), then
+            // totals over the sessions; a session belongs to one visitor.
+            let row: SummaryLine = self
                 .one(format!(
-                    "SELECT {TOTALS} FROM {} WHERE {filter}",
-                    self.table
-                ))
-                .await?;
-            let sessions: SessionStats = self
-                .one(format!(
-                    "SELECT avg(pv <= 1 AND eng = 0) AS bounce_rate, avg(dur) AS avg_session_seconds
-                     FROM (SELECT uniqExactIf(hit_id, event_name = 'page_view') AS pv,
-                                  max(engaged) AS eng, (max(time_ms) - min(time_ms)) / 1000 AS dur
+                    "SELECT uniqExact(v) AS visitors, count() AS sessions, sum(pv) AS pageviews,
+                            sum(n) AS events, avg(pv <= 1 AND eng = 0) AS bounce_rate,
+                            avg(dur) AS avg_session_seconds
+                     FROM (SELECT any(visitor) AS v, countIf(event_name = 'page_view') AS pv,
+                                  count() AS n, max(engaged) AS eng,
+                                  (max(time_ms) - min(time_ms)) / 1000 AS dur
                            FROM {} WHERE {filter} GROUP BY session)",
                     self.table
                 ))
                 .await?;
+            let (totals, sessions) = (row.totals, row.sessions);
             Ok(Summary {
                 visitors: totals.visitors,
                 sessions: totals.sessions,
@@ -766,7 +831,7 @@ impl AnalyticsStore for ClickHouseAnalytics {
                     );
                     format!(
                         "SELECT {SESSION_PAGE} AS dim, uniqExact(v) AS visitors, sum(n) AS events
-                         FROM (SELECT session, any(visitor) AS v, uniqExact(hit_id) AS n
+                         FROM (SELECT session, any(visitor) AS v, count() AS n
                                FROM {} WHERE {filter} GROUP BY session) AS in_range
                          ANY LEFT JOIN ({pages}) AS pages USING session
                          {order}",
@@ -774,7 +839,7 @@ impl AnalyticsStore for ClickHouseAnalytics {
                     )
                 }
                 _ => format!(
-                    "SELECT {} AS dim, uniqExact(visitor) AS visitors, uniqExact(hit_id) AS events
+                    "SELECT {} AS dim, uniqExact(visitor) AS visitors, count() AS events
                      FROM {} WHERE {filter} {order}",
                     column_sql(dimension),
                     self.table
