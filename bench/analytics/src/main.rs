@@ -12,6 +12,14 @@
 //!   `AnalyticsStore` API (which reads the rollups) and, as the exact reference, as hand-written
 //!   SQL over the raw rows of the same file. Events and pageviews must match exactly, visitors
 //!   within three standard errors of the sketch; the deviations are printed.
+//! - Phase B on ClickHouse (`--clickhouse URL`): the same events go into a ClickHouse store
+//!   through its own batched `insert` (JSONEachRow, 10,000 rows a request) into a database of
+//!   their own, and the widgets through the store are compared with hand-written ClickHouse SQL
+//!   sent straight over HTTP in the same run ([`clickhouse`]). Both are exact, so every answer
+//!   must be identical. `--clickhouse-database NAME` keeps the loaded database (and reuses it,
+//!   skipping the load, when it already holds a run); otherwise it is dropped afterwards.
+
+mod clickhouse;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -26,6 +34,7 @@ use platform::id::WorkspaceId;
 use sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions};
 use sqlx::{AssertSqlSafe, SqlitePool};
 use switchyard::demo::{DemoSite, TrafficGenerator, append_all};
+use tracking::analytics::clickhouse::ClickHouseAnalytics;
 use tracking::analytics::query::{Interval, buckets};
 use tracking::analytics::sqlite::SqliteAnalytics;
 use tracking::analytics::{
@@ -62,6 +71,14 @@ struct Args {
     /// ../shared/testdata/geoip when present).
     #[arg(long)]
     geoip: Option<PathBuf>,
+    /// Run phase B on this ClickHouse server (its HTTP interface, e.g. `http://127.0.0.1:8123/`)
+    /// instead of the embedded store.
+    #[arg(long)]
+    clickhouse: Option<String>,
+    /// With `--clickhouse`: the database to load and keep, or to reuse when it already holds a
+    /// loaded run (default: a fresh one, dropped afterwards).
+    #[arg(long, requires = "clickhouse")]
+    clickhouse_database: Option<String>,
 }
 
 #[tokio::main]
@@ -80,7 +97,7 @@ async fn main() -> anyhow::Result<()> {
     });
     let enricher = Enricher::new(geoip.as_deref())?;
     println!(
-        "bench-analytics: records={} events={} runs={} seed={} geo={} dir={}",
+        "bench-analytics: records={} events={} runs={} seed={} geo={} dir={} store={}",
         args.records,
         args.events,
         args.runs,
@@ -88,22 +105,42 @@ async fn main() -> anyhow::Result<()> {
         geoip
             .as_deref()
             .map_or("none".into(), |p| p.display().to_string()),
-        dir.display()
+        dir.display(),
+        args.clickhouse.as_deref().unwrap_or("sqlite")
     );
     if args.records > 0 {
         pipeline_throughput(&dir.join("a"), args.records, args.seed, enricher.clone()).await?;
     }
     if args.events > 0 {
+        let clickhouse = match &args.clickhouse {
+            Some(server) => {
+                let keep = args.clickhouse_database.is_some();
+                let database = args.clickhouse_database.clone().unwrap_or_else(|| {
+                    format!(
+                        "bench_{}",
+                        uuid_suffix(&SiteId::new().uuid().simple().to_string())
+                    )
+                });
+                Some((clickhouse::Reference::new(server, &database)?, keep))
+            }
+            None => None,
+        };
         dashboard_latency(
             &dir.join("b"),
             args.events,
             (args.runs, args.baseline_runs),
             args.seed,
             enricher,
+            clickhouse,
         )
         .await?;
     }
     Ok(())
+}
+
+/// The random tail of a UUIDv7 (its head is the clock), for a unique name.
+fn uuid_suffix(simple: &str) -> &str {
+    &simple[simple.len() - 12..]
 }
 
 fn demo_sites(count: u32) -> Vec<DemoSite> {
@@ -291,22 +328,194 @@ const WIDGETS: &[&str] = &[
     "realtime",
 ];
 
+/// The exact reference a widget's answers are timed and checked against.
+enum Reference {
+    /// Hand-written SQL over the raw rows of the embedded store's file.
+    Sqlite(SqlitePool),
+    /// Hand-written ClickHouse SQL over HTTP.
+    ClickHouse(clickhouse::Reference),
+}
+
 async fn dashboard_latency(
     dir: &Path,
     target: u64,
     (runs, baseline_runs): (usize, usize),
     seed: u64,
     enricher: Enricher,
+    clickhouse: Option<(clickhouse::Reference, bool)>,
 ) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir)?;
     let path = dir.join("analytics.db");
-    let store = Arc::new(SqliteAnalytics::open(&path).await?);
-    let sites = demo_sites(1);
-    let site_id = sites[0].site_id;
+    let store: Arc<dyn AnalyticsStore> = match &clickhouse {
+        Some((reference, _)) => Arc::new(ClickHouseAnalytics::open(&reference.store_url()).await?),
+        None => Arc::new(SqliteAnalytics::open(&path).await?),
+    };
     // The dashboard's default range: the 30 days up to the next whole hour (as the API does).
     let hour = 3_600_000;
     let now = Timestamp::now();
     let range_end = Timestamp::from_millis((now.as_millis() / hour + 1) * hour);
+    let reused = match &clickhouse {
+        Some((reference, _)) => reference.loaded().await?,
+        None => None,
+    };
+    let site_id = match reused {
+        Some((site_id, events)) => {
+            println!(
+                "\n## B. dashboard latency\n\nreusing the {events} events already loaded in the \
+                 ClickHouse database (no load; the range below moves with the clock)"
+            );
+            site_id
+        }
+        None => load(store.clone(), target, seed, enricher, now).await?,
+    };
+    match &clickhouse {
+        Some((reference, _)) => {
+            let (bytes, parts) = reference.size().await?;
+            println!(
+                "ClickHouse table: {:.0} MB on disk in {parts} active parts",
+                bytes as f64 / 1e6
+            );
+        }
+        None => {
+            let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0)
+                + std::fs::metadata(dir.join("analytics.db-wal"))
+                    .map(|m| m.len())
+                    .unwrap_or(0);
+            println!("database {:.0} MB", size as f64 / 1e6);
+        }
+    }
+
+    let (reference, keep) = match clickhouse {
+        Some((reference, keep)) => (Reference::ClickHouse(reference), keep),
+        None => (
+            Reference::Sqlite(
+                SqlitePoolOptions::new()
+                    .max_connections(4)
+                    .connect_with(SqliteConnectOptions::new().filename(&path).read_only(true))
+                    .await
+                    .context("opening the baseline connection")?,
+            ),
+            false,
+        ),
+    };
+    let exact = matches!(reference, Reference::ClickHouse(_));
+    // ClickHouse's hand-written queries take milliseconds: they get the store's warm-up and runs.
+    let baseline_runs = if exact { runs } else { baseline_runs.max(1) };
+    let query = Query {
+        site_id,
+        from: range_end - Duration::from_secs(30 * 86_400),
+        to: range_end,
+        filters: Vec::new(),
+    };
+    let realtime = Query {
+        site_id,
+        from: now - Duration::from_secs(300),
+        to: now + Duration::from_secs(60),
+        filters: Vec::new(),
+    };
+    let mut table = Vec::new();
+    let mut deviations = Vec::new();
+    for (index, name) in WIDGETS.iter().enumerate() {
+        let mut ours = Vec::new();
+        let mut theirs = Vec::new();
+        let (mut a, mut b) = (Answer::new(), Answer::new());
+        for run in 0..=runs {
+            let t = Instant::now();
+            a = widget(store.as_ref(), index, &query, &realtime).await?;
+            let store_secs = t.elapsed().as_secs_f64();
+            if run > 0 {
+                ours.push(store_secs);
+            }
+        }
+        // The raw-row SQLite baseline scans every event of the range: seconds per widget at
+        // millions of events, so it runs `baseline_runs` times (no warm-up).
+        for run in 0..baseline_runs + usize::from(exact) {
+            let t = Instant::now();
+            b = match &reference {
+                Reference::Sqlite(pool) => hand_written(pool, index, &query, &realtime).await?,
+                Reference::ClickHouse(reference) => {
+                    reference.widget(index, &query, &realtime).await?
+                }
+            };
+            if !exact || run > 0 {
+                theirs.push(t.elapsed().as_secs_f64());
+            }
+        }
+        if exact {
+            anyhow::ensure!(
+                a == b,
+                "{name}: the store and the hand-written SQL disagree:\n{a:?}\n{b:?}"
+            );
+            deviations.push(format!("{name}: identical ({} rows)", a.len()));
+        } else {
+            deviations.push(compare(name, &a, &b)?);
+        }
+        table.push((*name, median(&mut ours), median(&mut theirs), a.len()));
+    }
+    let (store_name, reference_name) = if exact {
+        (
+            "`ClickHouseAnalytics`",
+            "hand-written ClickHouse SQL over HTTP",
+        )
+    } else {
+        ("`AnalyticsStore` (rollups)", "hand-written SQL (raw rows)")
+    };
+    println!(
+        "\nwidget p50 over {runs} runs (after a warm-up run) through the {store_name}, \
+         {reference_name} p50 over {baseline_runs} run(s){}; range = the 30 days up to the next whole hour:\n\n\
+         | widget | rows | {store_name} p50 | {reference_name} p50 | ratio |\n|---|---:|---:|---:|---:|",
+        if exact { " (after a warm-up run)" } else { "" }
+    );
+    let (mut total_store, mut total_sql) = (0.0, 0.0);
+    for (name, store_p50, sql_p50, rows) in &table {
+        total_store += store_p50;
+        total_sql += sql_p50;
+        println!(
+            "| {name} | {rows} | {:.1} ms | {:.1} ms | {:.2}× |",
+            store_p50 * 1e3,
+            sql_p50 * 1e3,
+            store_p50 / sql_p50.max(1e-9)
+        );
+    }
+    println!(
+        "| **all seven (sequential)** | | **{:.0} ms** | **{:.0} ms** | {:.2}× |",
+        total_store * 1e3,
+        total_sql * 1e3,
+        total_store / total_sql.max(1e-9)
+    );
+    if exact {
+        println!(
+            "\nthe store against the hand-written answers (both exact, so they must be equal):\n"
+        );
+    } else {
+        println!(
+            "\nthe store against the exact raw-row answers (visitors: HyperLogLog, stated standard \
+             error 1.6 %; sessions: rollups count a session in the bucket where it started, raw rows in \
+             every bucket it touched):\n"
+        );
+    }
+    for line in deviations {
+        println!("- {line}");
+    }
+    if let Reference::ClickHouse(reference) = &reference
+        && !keep
+    {
+        reference.drop_database().await?;
+    }
+    Ok(())
+}
+
+/// Generates `target` events of one new site over the 30 days up to `now` with the real
+/// enrichment and inserts them through `store`'s own `insert`; returns the site.
+async fn load(
+    store: Arc<dyn AnalyticsStore>,
+    target: u64,
+    seed: u64,
+    enricher: Enricher,
+    now: Timestamp,
+) -> anyhow::Result<SiteId> {
+    let sites = demo_sites(1);
+    let site_id = sites[0].site_id;
     let mut generator = TrafficGenerator::new(sites, 30, visits_for(target, 1, 30, 4.5), seed, now);
     let collect = Arc::new(Collect::default());
     let pipeline = Pipeline::new(collect.clone(), enricher);
@@ -354,92 +563,14 @@ async fn dashboard_latency(
     }
     drop(sender);
     let (loaded, insert_secs) = writer.await??;
-    let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0)
-        + std::fs::metadata(dir.join("analytics.db-wal"))
-            .map(|m| m.len())
-            .unwrap_or(0);
     println!(
         "\n## B. dashboard latency\n\nloaded {loaded} events (one site, 30 days) in {:.1}s (generation \
-         overlapping the inserts); `insert` (raw rows + rollups) in batches of 50,000: \
-         {insert_secs:.1}s ({:.0} events/s); database {:.0} MB",
+         overlapping the inserts); the store's `insert` in batches of 50,000: \
+         {insert_secs:.1}s ({:.0} events/s)",
         started.elapsed().as_secs_f64(),
         loaded as f64 / insert_secs,
-        size as f64 / 1e6
     );
-
-    let baseline = SqlitePoolOptions::new()
-        .max_connections(4)
-        .connect_with(SqliteConnectOptions::new().filename(&path).read_only(true))
-        .await
-        .context("opening the baseline connection")?;
-    let query = Query {
-        site_id,
-        from: range_end - Duration::from_secs(30 * 86_400),
-        to: range_end,
-        filters: Vec::new(),
-    };
-    let realtime = Query {
-        site_id,
-        from: now - Duration::from_secs(300),
-        to: now + Duration::from_secs(60),
-        filters: Vec::new(),
-    };
-    let mut table = Vec::new();
-    let mut deviations = Vec::new();
-    for (index, name) in WIDGETS.iter().enumerate() {
-        let mut ours = Vec::new();
-        let mut theirs = Vec::new();
-        let (mut a, mut b) = (Answer::new(), Answer::new());
-        for run in 0..=runs {
-            let t = Instant::now();
-            a = widget(store.as_ref(), index, &query, &realtime).await?;
-            let store_secs = t.elapsed().as_secs_f64();
-            if run > 0 {
-                ours.push(store_secs);
-            }
-        }
-        // The raw-row baseline scans every event of the range: seconds per widget at millions
-        // of events, so it runs `baseline_runs` times (no warm-up when 1).
-        for _ in 0..baseline_runs.max(1) {
-            let t = Instant::now();
-            b = hand_written(&baseline, index, &query, &realtime).await?;
-            theirs.push(t.elapsed().as_secs_f64());
-        }
-        deviations.push(compare(name, &a, &b)?);
-        table.push((*name, median(&mut ours), median(&mut theirs), a.len()));
-    }
-    println!(
-        "\nwidget p50 over {runs} runs (after a warm-up run) through the `AnalyticsStore` (rollups), \
-         hand-written raw-row SQL p50 over {} run(s); range = the 30 days up to the next whole hour:\n\n\
-         | widget | rows | AnalyticsStore p50 | hand-written SQL (raw rows) p50 | ratio |\n|---|---:|---:|---:|---:|",
-        baseline_runs.max(1)
-    );
-    let (mut total_store, mut total_sql) = (0.0, 0.0);
-    for (name, store_p50, sql_p50, rows) in &table {
-        total_store += store_p50;
-        total_sql += sql_p50;
-        println!(
-            "| {name} | {rows} | {:.1} ms | {:.1} ms | {:.2}× |",
-            store_p50 * 1e3,
-            sql_p50 * 1e3,
-            store_p50 / sql_p50.max(1e-9)
-        );
-    }
-    println!(
-        "| **all seven (sequential)** | | **{:.0} ms** | **{:.0} ms** | {:.2}× |",
-        total_store * 1e3,
-        total_sql * 1e3,
-        total_store / total_sql.max(1e-9)
-    );
-    println!(
-        "\nthe store against the exact raw-row answers (visitors: HyperLogLog, stated standard \
-         error 1.6 %; sessions: rollups count a session in the bucket where it started, raw rows in \
-         every bucket it touched):\n"
-    );
-    for line in deviations {
-        println!("- {line}");
-    }
-    Ok(())
+    Ok(site_id)
 }
 
 /// Compares a widget's answers row by row (matched on the label): events and pageviews must be
@@ -527,7 +658,7 @@ const BREAKDOWNS: [&str; 4] = ["page_path", "source", "device", "country"];
 
 /// Widget `index` through the `AnalyticsStore` API, as the HTTP handlers call it.
 async fn widget(
-    store: &SqliteAnalytics,
+    store: &dyn AnalyticsStore,
     index: usize,
     query: &Query,
     realtime: &Query,

@@ -8,14 +8,16 @@
 //! parameter is passed to ClickHouse with every request (settings such as
 //! `max_execution_time=30`).
 //!
-//! Idempotency: the table is a `ReplacingMergeTree` keyed by `(site_id, toDate(ts), hit_id)`, so
-//! a redelivered hit (same site, same time, same id) collapses into one row — but only when a
-//! background merge gets to it, which may be never for parts that are not merged together. Queries
-//! therefore never assume merged data: every count is `uniqExact(hit_id)` (or `uniqExactIf`),
-//! visitors and sessions are distinct counts anyway, per-session maxima and minima ignore
-//! duplicates, and raw reads take `LIMIT 1 BY hit_id`. We chose this over `FINAL` because `FINAL`
-//! merges at query time (single-threaded on 18.16, and it defeats `PREWHERE`), while distinct
-//! counts cost one hash set per aggregate and are exact before and after merges.
+//! Idempotency: `insert` skips the hits already stored (looked up by site, time range and hit id,
+//! which the primary index serves) and the hits repeated within its batch, and one store's
+//! inserts take turns, so a redelivered batch adds no row and counts are plain `count()`s. The
+//! table is also a `ReplacingMergeTree` keyed by `(site_id, toDate(ts), hit_id)`: should two
+//! processes insert the same hit at the same moment (a redelivery racing the original), the
+//! background merges collapse the pair eventually (`OPTIMIZE TABLE … FINAL` at once); until then
+//! that hit counts twice. Raw reads take `LIMIT 1 BY hit_id`, visitors and sessions are distinct
+//! counts. Until 2026-12 every count was `uniqExact(hit_id)`, exact even with unmerged duplicates,
+//! but a hash set of every hit id made the dashboard 2–3× slower than a plain `count()`
+//! (bench/RESULTS.md); `FINAL` was not an option (a single-threaded merge at query time on 18.16).
 //!
 //! Times: `time_ms` (Int64, epoch milliseconds) is what queries compare and order by, exactly as
 //! the SQLite store does; `ts` (DateTime, seconds) is `MATERIALIZED` from it, for partitioning and
@@ -49,6 +51,9 @@ const BUCKETS_PER_QUERY: usize = 40;
 
 /// Rows per insert request.
 const ROWS_PER_INSERT: usize = 10_000;
+
+/// Hit ids per lookup of those already stored: keeps the query text under `max_query_size`.
+const IDS_PER_LOOKUP: usize = 2_000;
 
 const DEFAULT_DATABASE: &str = "switchyard";
 
@@ -122,6 +127,8 @@ pub struct ClickHouseAnalytics {
     auth: Option<(String, Option<String>)>,
     /// `` `db`.events ``
     table: String,
+    /// Inserts take turns, so two batches holding the same hit cannot both find it missing.
+    insert_turn: tokio::sync::Mutex<()>,
 }
 
 impl ClickHouseAnalytics {
@@ -175,6 +182,7 @@ impl ClickHouseAnalytics {
             endpoint,
             auth,
             table: format!("`{database}`.events"),
+            insert_turn: tokio::sync::Mutex::new(()),
         };
         store
             .execute(format!("CREATE DATABASE IF NOT EXISTS `{database}`"))
@@ -218,6 +226,43 @@ impl ClickHouseAnalytics {
             .collect()
     }
 
+    /// The hit ids of `events` already stored (per site, within the batch's time range, so the
+    /// primary index prunes to those days).
+    async fn stored(
+        &self,
+        events: &[AnalyticsEvent],
+    ) -> anyhow::Result<std::collections::HashSet<String>> {
+        let mut by_site: std::collections::HashMap<SiteId, Vec<&AnalyticsEvent>> =
+            std::collections::HashMap::new();
+        for e in events {
+            by_site.entry(e.site_id).or_default().push(e);
+        }
+        let mut stored = std::collections::HashSet::new();
+        for (site, events) in by_site {
+            for chunk in events.chunks(IDS_PER_LOOKUP) {
+                let times = chunk.iter().map(|e| e.time.as_millis());
+                let (from, to) = (times.clone().min().unwrap_or(0), times.max().unwrap_or(0));
+                let ids: Vec<String> = chunk
+                    .iter()
+                    .map(|e| quote(&e.hit_id.uuid().to_string()))
+                    .collect();
+                let rows: Vec<StoredHit> = self
+                    .rows(format!(
+                        "SELECT DISTINCT hit_id FROM {} WHERE site_id = {} \
+                         AND ts >= toDateTime({}) AND ts <= toDateTime({}) AND hit_id IN ({})",
+                        self.table,
+                        quote(&site.uuid().to_string()),
+                        seconds(from),
+                        seconds(to),
+                        ids.join(",")
+                    ))
+                    .await?;
+                stored.extend(rows.into_iter().map(|r| r.hit_id));
+            }
+        }
+        Ok(stored)
+    }
+
     async fn one<T: DeserializeOwned>(&self, sql: String) -> anyhow::Result<T> {
         self.rows(sql)
             .await?
@@ -232,19 +277,38 @@ fn seconds(ms: i64) -> i64 {
     ms.div_euclid(1000).clamp(0, i64::from(u32::MAX))
 }
 
-/// `site_id = … AND time in [from, to) AND bot = 0` plus the filters.
-fn where_clause(query: &Query, from: Timestamp, to: Timestamp) -> String {
+/// `site_id = … AND time in [from, to) AND bot = 0` plus the filters; `table` is the events
+/// table, which session filters read again.
+fn where_clause(table: &str, query: &Query, from: Timestamp, to: Timestamp) -> String {
     let (from, to) = (from.as_millis(), to.as_millis());
+    let site = quote(&query.site_id.uuid().to_string());
     let mut sql = format!(
-        "site_id = {} AND ts >= toDateTime({}) AND ts <= toDateTime({}) \
+        "site_id = {site} AND ts >= toDateTime({}) AND ts <= toDateTime({}) \
          AND time_ms >= {from} AND time_ms < {to} AND bot = 0",
-        quote(&query.site_id.uuid().to_string()),
         seconds(from),
         seconds(to),
     );
     for filter in &query.filters {
-        let column = column_sql(&filter.dimension);
         let value = quote(&filter.value);
+        if let Dimension::Session(column) = &filter.dimension {
+            // The sessions whose entry (exit) page matches; a session without page views has
+            // none, so it never matches `is` or `contains` and always matches `is_not`, as a
+            // NULL column does below.
+            let (operator, condition) = match filter.op {
+                FilterOp::Is => ("IN", format!("page = concat('p', {value})")),
+                FilterOp::IsNot => ("NOT IN", format!("page = concat('p', {value})")),
+                FilterOp::Contains => (
+                    "IN",
+                    format!("positionCaseInsensitive(substring(page, 2), {value}) > 0"),
+                ),
+            };
+            sql.push_str(&format!(
+                " AND session {operator} (SELECT session FROM ({}) WHERE page != '' AND {condition})",
+                session_pages(table, &site, column, None)
+            ));
+            continue;
+        }
+        let column = column_sql(&filter.dimension);
         // `ifNull(…, 0)`: a missing value never matches `is` or `contains`, and always matches
         // `is_not` (SQLite's `IS NOT`); 18.16 has no three-valued OR to lean on.
         sql.push_str(&match filter.op {
@@ -259,6 +323,31 @@ fn where_clause(query: &Query, from: Timestamp, to: Timestamp) -> String {
     sql
 }
 
+/// `session, page` for the site's sessions with a page view (only those in `sessions`, a
+/// subquery, when given): `page` is the path of the session's first (`entry_page`) or last
+/// (`exit_page`) non-bot page view over its whole life, not just the queried range, as the
+/// embedded store's `sessions` table keeps it. Ties on the millisecond go to the smaller (larger)
+/// hit id. The path is encoded as `'p' || path`, `''` when that page view had none, because
+/// `argMin`/`argMax` skip NULL arguments; [`SESSION_PAGE`] decodes it. Unmerged duplicates of a
+/// hit change nothing.
+fn session_pages(table: &str, site: &str, column: &str, sessions: Option<&str>) -> String {
+    let pick = if column == "exit_page" {
+        "argMax"
+    } else {
+        "argMin"
+    };
+    let within = sessions.map_or(String::new(), |s| format!(" AND session IN ({s})"));
+    format!(
+        "SELECT session, {pick}(if(isNull(page_path), '', concat('p', ifNull(page_path, ''))), \
+         tuple(time_ms, hit_id)) AS page FROM {table} \
+         WHERE site_id = {site} AND bot = 0 AND event_name = 'page_view'{within} GROUP BY session"
+    )
+}
+
+/// A [`session_pages`] `page` back as the path, NULL for none (also the join's default `''`
+/// for a session without page views).
+const SESSION_PAGE: &str = "if(page = '', NULL, substring(page, 2))";
+
 /// The SQL for a dimension: a whitelisted column, or a parameter's text (NULL when absent).
 fn column_sql(dimension: &Dimension) -> String {
     match dimension {
@@ -267,7 +356,7 @@ fn column_sql(dimension: &Dimension) -> String {
             let name = quote(name);
             format!("if(has(param_keys, {name}), param_values[indexOf(param_keys, {name})], NULL)")
         }
-        // Refused before a query is built: see `supports_sessions`.
+        // Session dimensions are joined per session: see `where_clause` and `breakdown`.
         Dimension::Session(_) => "NULL".to_owned(),
     }
 }
@@ -391,6 +480,14 @@ struct Totals {
     events: i64,
 }
 
+#[derive(Deserialize)]
+struct SummaryLine {
+    #[serde(flatten)]
+    totals: Totals,
+    #[serde(flatten)]
+    sessions: SessionStats,
+}
+
 /// Averages over sessions; `null` (NaN) when there are none.
 #[derive(Deserialize)]
 struct SessionStats {
@@ -404,6 +501,11 @@ struct Bucket {
     bucket: i64,
     #[serde(flatten)]
     totals: Totals,
+}
+
+#[derive(Deserialize)]
+struct StoredHit {
+    hit_id: String,
 }
 
 #[derive(Deserialize)]
@@ -498,17 +600,11 @@ impl From<EventRow> for AnalyticsEvent {
     }
 }
 
-/// The four headline counts, exact whether or not duplicates have been merged away.
+/// The four headline counts (each hit is stored once: see the module's idempotency note).
 const TOTALS: &str = "uniqExact(visitor) AS visitors, uniqExact(session) AS sessions, \
-    uniqExactIf(hit_id, event_name = 'page_view') AS pageviews, uniqExact(hit_id) AS events";
+    countIf(event_name = 'page_view') AS pageviews, count() AS events";
 
 impl AnalyticsStore for ClickHouseAnalytics {
-    /// Not built yet on ClickHouse: entry/exit pages are answered by the embedded store only
-    /// (the API refuses them with `unsupported_by_store`).
-    fn supports_sessions(&self) -> bool {
-        false
-    }
-
     /// `windowFunnel` (present in 18.16 and current releases) per visitor on the ticks of
     /// [`super::query::funnel_tick_ms`]; duplicates of an unmerged hit repeat a (tick, step)
     /// pair, which changes nothing.
@@ -543,7 +639,7 @@ impl AnalyticsStore for ClickHouseAnalytics {
                     }
                 })
                 .collect();
-            let filter = where_clause(query, query.from, query.to);
+            let filter = where_clause(&self.table, query, query.from, query.to);
             let tick = super::query::funnel_tick_ms(query, window_seconds);
             let window = window_seconds * 1000 / tick;
             let from = query.from.as_millis();
@@ -572,7 +668,14 @@ impl AnalyticsStore for ClickHouseAnalytics {
 
     fn insert<'a>(&'a self, events: &'a [AnalyticsEvent]) -> BoxFuture<'a, anyhow::Result<()>> {
         async move {
-            for chunk in events.chunks(ROWS_PER_INSERT) {
+            let _turn = self.insert_turn.lock().await;
+            let stored = self.stored(events).await?;
+            let mut seen = std::collections::HashSet::new();
+            let fresh: Vec<&AnalyticsEvent> = events
+                .iter()
+                .filter(|e| !stored.contains(&e.hit_id.uuid().to_string()) && seen.insert(e.hit_id))
+                .collect();
+            for chunk in fresh.chunks(ROWS_PER_INSERT) {
                 let mut body = format!(
                     "INSERT INTO {} ({INSERT_COLUMNS}) FORMAT JSONEachRow\n",
                     self.table
@@ -617,22 +720,22 @@ impl AnalyticsStore for ClickHouseAnalytics {
 
     fn summary<'a>(&'a self, query: &'a Query) -> BoxFuture<'a, anyhow::Result<Summary>> {
         async move {
-            let filter = where_clause(query, query.from, query.to);
-            let totals: Totals = self
+            let filter = where_clause(&self.table, query, query.from, query.to);
+            // One pass: per session first (its visitor, counts, engagement and length), then
+            // totals over the sessions; a session belongs to one visitor.
+            let row: SummaryLine = self
                 .one(format!(
-                    "SELECT {TOTALS} FROM {} WHERE {filter}",
-                    self.table
-                ))
-                .await?;
-            let sessions: SessionStats = self
-                .one(format!(
-                    "SELECT avg(pv <= 1 AND eng = 0) AS bounce_rate, avg(dur) AS avg_session_seconds
-                     FROM (SELECT uniqExactIf(hit_id, event_name = 'page_view') AS pv,
-                                  max(engaged) AS eng, (max(time_ms) - min(time_ms)) / 1000 AS dur
+                    "SELECT uniqExact(v) AS visitors, count() AS sessions, sum(pv) AS pageviews,
+                            sum(n) AS events, avg(pv <= 1 AND eng = 0) AS bounce_rate,
+                            avg(dur) AS avg_session_seconds
+                     FROM (SELECT any(visitor) AS v, countIf(event_name = 'page_view') AS pv,
+                                  count() AS n, max(engaged) AS eng,
+                                  (max(time_ms) - min(time_ms)) / 1000 AS dur
                            FROM {} WHERE {filter} GROUP BY session)",
                     self.table
                 ))
                 .await?;
+            let (totals, sessions) = (row.totals, row.sessions);
             Ok(Summary {
                 visitors: totals.visitors,
                 sessions: totals.sessions,
@@ -667,8 +770,12 @@ impl AnalyticsStore for ClickHouseAnalytics {
                     .iter()
                     .enumerate()
                     .map(|(i, (start, end))| {
-                        let filter =
-                            where_clause(query, (*start).max(query.from), (*end).min(query.to));
+                        let filter = where_clause(
+                            &self.table,
+                            query,
+                            (*start).max(query.from),
+                            (*end).min(query.to),
+                        );
                         format!(
                             "SELECT {} AS bucket, {TOTALS} FROM {} WHERE {filter}",
                             offset + i,
@@ -704,19 +811,41 @@ impl AnalyticsStore for ClickHouseAnalytics {
         limit: u32,
     ) -> BoxFuture<'a, anyhow::Result<Vec<BreakdownRow>>> {
         async move {
-            let filter = where_clause(query, query.from, query.to);
-            let column = column_sql(dimension);
+            let filter = where_clause(&self.table, query, query.from, query.to);
             // `dim`, not `value`: an alias must not shadow the `value` column. NULL sorts first,
             // as in SQLite.
-            let rows: Vec<BreakdownLine> = self
-                .rows(format!(
-                    "SELECT {column} AS dim, uniqExact(visitor) AS visitors,
-                            uniqExact(hit_id) AS events
-                     FROM {} WHERE {filter} GROUP BY dim
-                     ORDER BY visitors DESC, events DESC, isNotNull(dim), dim LIMIT {limit}",
+            let order = format!(
+                "GROUP BY dim ORDER BY visitors DESC, events DESC, isNotNull(dim), dim LIMIT {limit}"
+            );
+            let sql = match dimension {
+                // Per session first (its visitor and its events in range: sessions share no
+                // hit), then joined to its entry (exit) page and grouped. The aliases are what
+                // current ClickHouse requires of joined subqueries; 18.16 accepts them.
+                Dimension::Session(column) => {
+                    let in_range = format!("SELECT session FROM {} WHERE {filter}", self.table);
+                    let pages = session_pages(
+                        &self.table,
+                        &quote(&query.site_id.uuid().to_string()),
+                        column,
+                        Some(&in_range),
+                    );
+                    format!(
+                        "SELECT {SESSION_PAGE} AS dim, uniqExact(v) AS visitors, sum(n) AS events
+                         FROM (SELECT session, any(visitor) AS v, count() AS n
+                               FROM {} WHERE {filter} GROUP BY session) AS in_range
+                         ANY LEFT JOIN ({pages}) AS pages USING session
+                         {order}",
+                        self.table
+                    )
+                }
+                _ => format!(
+                    "SELECT {} AS dim, uniqExact(visitor) AS visitors, count() AS events
+                     FROM {} WHERE {filter} {order}",
+                    column_sql(dimension),
                     self.table
-                ))
-                .await?;
+                ),
+            };
+            let rows: Vec<BreakdownLine> = self.rows(sql).await?;
             Ok(rows
                 .into_iter()
                 .map(|r| BreakdownRow {
@@ -737,7 +866,7 @@ impl AnalyticsStore for ClickHouseAnalytics {
         limit: u32,
     ) -> BoxFuture<'a, anyhow::Result<Vec<AnalyticsEvent>>> {
         async move {
-            let mut filter = where_clause(query, query.from, query.to);
+            let mut filter = where_clause(&self.table, query, query.from, query.to);
             if let Some(before) = before {
                 // Hyphenated lowercase hex sorts as the UUID's bytes do, like SQLite's BLOBs.
                 filter.push_str(&format!(
@@ -798,7 +927,7 @@ mod tests {
                 super::super::Filter::parse("param:plan:contains:pro").unwrap(),
             ],
         };
-        let sql = where_clause(&query, query.from, query.to);
+        let sql = where_clause("t", &query, query.from, query.to);
         assert!(
             sql.starts_with(&format!("site_id = '{}'", site.uuid())),
             "{sql}"

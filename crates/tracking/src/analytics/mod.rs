@@ -93,11 +93,6 @@ pub trait AnalyticsStore: Send + Sync + 'static {
         limit: u32,
     ) -> BoxFuture<'a, anyhow::Result<Vec<BreakdownRow>>>;
 
-    /// Whether session dimensions (entry/exit page) are available.
-    fn supports_sessions(&self) -> bool {
-        true
-    }
-
     /// Visitors reaching each of `steps` in order within `window_seconds` of the first (see
     /// [`query::funnel_level`]).
     fn funnel<'a>(

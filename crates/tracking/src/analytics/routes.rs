@@ -139,28 +139,6 @@ fn store_error(err: anyhow::Error) -> ApiError {
     ApiError::internal(err)
 }
 
-/// Session dimensions and funnels need a store that keeps sessions (the embedded one).
-fn unsupported(store: &dyn AnalyticsStore, what: &str) -> ApiResult<()> {
-    if store.supports_sessions() {
-        return Ok(());
-    }
-    Err(ApiError::bad_request(
-        "unsupported_by_store",
-        format!("{what} are not available on this analytics store yet."),
-    ))
-}
-
-fn check_dimensions(store: &dyn AnalyticsStore, query: &Query) -> ApiResult<()> {
-    if query
-        .filters
-        .iter()
-        .any(|f| matches!(f.dimension, Dimension::Session(_)))
-    {
-        unsupported(store, "Entry and exit page filters")?;
-    }
-    Ok(())
-}
-
 #[derive(Debug, Serialize, ToSchema)]
 pub struct SummaryResponse {
     pub from: Timestamp,
@@ -185,7 +163,6 @@ async fn summary(
 ) -> ApiResult<Json<SummaryResponse>> {
     let Path((_, site_id)) = path;
     let (query, _) = prepare(&state, &scope, site_id, &raw).await?;
-    check_dimensions(store.as_ref(), &query)?;
     let current = store.summary(&query).await.map_err(store_error)?;
     let length =
         std::time::Duration::from_micros((query.to.seconds_since(query.from) * 1e6) as u64);
@@ -217,7 +194,6 @@ async fn timeseries(
 ) -> ApiResult<Json<Vec<TimeseriesPoint>>> {
     let Path((_, site_id)) = path;
     let (query, zone) = prepare(&state, &scope, site_id, &raw).await?;
-    check_dimensions(store.as_ref(), &query)?;
     let interval = match param(&params(&raw), "interval") {
         None | Some("day") => Interval::Day,
         Some("hour") => Interval::Hour,
@@ -258,10 +234,6 @@ async fn breakdown(
     let params = params(&raw);
     let name = param(&params, "dimension").unwrap_or("page");
     let dimension = Dimension::parse(name)?;
-    check_dimensions(store.as_ref(), &query)?;
-    if matches!(dimension, Dimension::Session(_)) {
-        unsupported(store.as_ref(), "Entry and exit page breakdowns")?;
-    }
     let limit = match param(&params, "limit") {
         None => 10,
         Some(text) => text
@@ -330,7 +302,6 @@ async fn events(
 ) -> ApiResult<Json<Page<AnalyticsEvent>>> {
     let Path((_, site_id)) = path;
     let (query, _) = prepare(&state, &scope, site_id, &raw).await?;
-    check_dimensions(store.as_ref(), &query)?;
     let params = params(&raw);
     let page = platform::http::PageParams {
         limit: param(&params, "limit").map(|l| l.parse().unwrap_or(0)),
@@ -394,7 +365,6 @@ async fn funnel(
                 )
             })?,
     };
-    check_dimensions(store.as_ref(), &query)?;
     let reached = if steps.is_empty() {
         Vec::new()
     } else {
