@@ -889,7 +889,7 @@ async fn deal_won_to_meta_and_data_manager(backend: Backend) {
         "UPDATE conversion_events SET created_at = $1 WHERE id = $2",
         "UPDATE conversion_attempts SET created_at = $1 WHERE conversion_id = $2",
     ] {
-        platform::with_db!(&app.state.db, pool => sqlx::query(sql).bind(noon).bind(bad).execute(pool).await)
+        platform::with_db!(&app.state.db, pool => sqlx::query(sql).bind(noon).bind(bad).execute(pool).await.map(drop))
             .unwrap();
     }
     let (status, stats) = app
