@@ -10,16 +10,11 @@
 //!
 //! The writer is a plain OS thread owning a `rusqlite` connection: a commit is a handful of
 //! function calls, not a round trip to a driver thread per statement (bench/RESULTS.md,
-//! 2026-11-22, observation 2). WAL checkpoints run on a second thread with its own connection
-//! (`wal_autocheckpoint=0` on the writer), so appends do not wait for the copy into the database
-//! file (observation 3). Those checkpoints are PASSIVE: they never take the write lock, so the
-//! writer never sleeps in SQLite's busy handler because of them. A WAL that is never idle cannot
-//! be rewound by a checkpoint running beside the writer (frames keep arriving), so after every
-//! `Options::wal_rewind_bytes` appended the writer itself runs one PASSIVE checkpoint between batches:
-//! the background one has copied nearly everything, the writer's finishes the tail, and its next
-//! transaction starts the WAL over. Readers (consumers, `count`) use an sqlx pool.
+//! 2026-11-22, observation 2). WAL checkpoints stay SQLite's automatic ones, inside the writer's
+//! commits: a checkpointer thread beside the writer was tried and made the tail worse (see
+//! docs/decisions.md). Readers (consumers, `count`) use an sqlx pool.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -31,9 +26,6 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use super::{AppendError, Delivery, EventLog, Subscription};
 
-/// How often the checkpointer copies committed WAL frames into the database file.
-const CHECKPOINT_EVERY: Duration = Duration::from_millis(250);
-
 #[derive(Debug, Clone)]
 pub struct Options {
     /// Appends that may wait for the writer before new ones are refused.
@@ -42,9 +34,6 @@ pub struct Options {
     pub max_batch: usize,
     /// Most bytes committed in one transaction.
     pub max_batch_bytes: usize,
-    /// Bytes appended after which the writer checkpoints the WAL's tail itself so the WAL starts
-    /// over (see the module docs); bounds `events.db-wal` near this size.
-    pub wal_rewind_bytes: usize,
 }
 
 impl Default for Options {
@@ -53,7 +42,6 @@ impl Default for Options {
             queue_capacity: 16_384,
             max_batch: 4_096,
             max_batch_bytes: 16 * 1024 * 1024,
-            wal_rewind_bytes: 64 * 1024 * 1024,
         }
     }
 }
@@ -124,15 +112,8 @@ impl SqliteLog {
         std::thread::Builder::new()
             .name("event-log-writer".into())
             .spawn(move || {
-                let conn = match open_writer(&writer_path) {
+                let conn = match connect_blocking(&writer_path) {
                     Ok(conn) => conn,
-                    Err(err) => {
-                        let _ = ready_tx.send(Err(err));
-                        return;
-                    }
-                };
-                let checkpointer = match Checkpointer::start(&writer_path) {
-                    Ok(c) => c,
                     Err(err) => {
                         let _ = ready_tx.send(Err(err));
                         return;
@@ -140,7 +121,6 @@ impl SqliteLog {
                 };
                 let _ = ready_tx.send(Ok(()));
                 write_loop(&conn, receiver, &committed_tx, &options);
-                checkpointer.stop();
             })
             .context("cannot start the event log writer thread")?;
         ready
@@ -217,19 +197,12 @@ impl EventLog for SqliteLog {
     }
 }
 
-/// A connection with the log's durability settings; `busy_timeout` covers another process (or
-/// the checkpointer's restart) holding the file's write lock for a moment.
+/// The writer's connection with the log's durability settings; `busy_timeout` covers another
+/// process holding the file's write lock for a moment.
 fn connect_blocking(path: &Path) -> anyhow::Result<rusqlite::Connection> {
     let conn = rusqlite::Connection::open(path)?;
     conn.busy_timeout(Duration::from_secs(10))?;
     conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL;")?;
-    Ok(conn)
-}
-
-fn open_writer(path: &Path) -> anyhow::Result<rusqlite::Connection> {
-    let conn = connect_blocking(path)?;
-    // Checkpoints are the checkpointer thread's job (see the module docs).
-    conn.execute_batch("PRAGMA wal_autocheckpoint = 0;")?;
     Ok(conn)
 }
 
@@ -253,7 +226,6 @@ fn write_loop(
     let mut acks: Vec<(String, i64)> = Vec::new();
     let mut waiters: Vec<oneshot::Sender<Result<(), String>>> = Vec::new();
     let mut closing: Option<oneshot::Sender<()>> = None;
-    let mut since_rewind = 0usize;
     while let Some(first) = receiver.blocking_recv() {
         let mut bytes = 0usize;
         let mut next = Some(first);
@@ -302,19 +274,8 @@ fn write_loop(
             for waiter in waiters.drain(..) {
                 let _ = waiter.send(answer.clone());
             }
-            since_rewind += bytes;
             payloads.clear();
             acks.clear();
-        }
-        if since_rewind >= options.wal_rewind_bytes {
-            match checkpoint_passive(conn) {
-                Ok(Checkpoint { frames, copied }) if copied == frames => since_rewind = 0,
-                // The background checkpoint holds the checkpoint lock, or a reader still needs
-                // old frames: try again after the next batch.
-                Ok(_) => {}
-                Err(err) if err.sqlite_error_code() == Some(rusqlite::ErrorCode::DatabaseBusy) => {}
-                Err(err) => tracing::warn!(error = %err, "event log checkpoint failed"),
-            }
         }
         if let Some(done) = closing.take() {
             receiver.close();
@@ -366,62 +327,6 @@ fn commit(
             Err(err)
         }
     }
-}
-
-/// Copies committed WAL frames into the database file in the background.
-struct Checkpointer {
-    stop: std::sync::mpsc::Sender<()>,
-    thread: std::thread::JoinHandle<()>,
-}
-
-impl Checkpointer {
-    fn start(path: &Path) -> anyhow::Result<Checkpointer> {
-        let conn = connect_blocking(path)?;
-        let (stop, stopped) = std::sync::mpsc::channel::<()>();
-        let path: PathBuf = path.to_owned();
-        let thread = std::thread::Builder::new()
-            .name("event-log-ckpt".into())
-            .spawn(move || {
-                while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
-                    stopped.recv_timeout(CHECKPOINT_EVERY)
-                {
-                    if let Err(err) = checkpoint_passive(&conn) {
-                        tracing::warn!(error = %err, path = %path.display(), "event log checkpoint failed");
-                    }
-                }
-                // A last full copy, so a clean stop leaves a short WAL behind.
-                let _ = checkpoint_passive(&conn);
-            })?;
-        Ok(Checkpointer { stop, thread })
-    }
-
-    fn stop(self) {
-        drop(self.stop);
-        let _ = self.thread.join();
-    }
-}
-
-/// What a checkpoint found: frames in the WAL, and how many of them are now in the database.
-struct Checkpoint {
-    frames: i64,
-    copied: i64,
-}
-
-/// One PASSIVE checkpoint: copies what it can without waiting for (or blocking) any writer or
-/// reader; `SQLITE_BUSY` if another checkpoint is running.
-fn checkpoint_passive(conn: &rusqlite::Connection) -> rusqlite::Result<Checkpoint> {
-    conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| {
-        if row.get::<_, i64>(0)? != 0 {
-            return Err(rusqlite::Error::SqliteFailure(
-                rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_BUSY),
-                Some("another checkpoint is running".into()),
-            ));
-        }
-        Ok(Checkpoint {
-            frames: row.get(1)?,
-            copied: row.get(2)?,
-        })
-    })
 }
 
 struct SqliteSubscription {
@@ -606,53 +511,6 @@ mod tests {
             log.append(b"after".to_vec()).await,
             Err(AppendError::Unavailable(_))
         ));
-    }
-
-    #[tokio::test]
-    async fn checkpoints_run_beside_the_writer() {
-        let (dir, log) = open_temp(Options::default()).await;
-        let db = dir.path().join("events.db");
-        let before = std::fs::metadata(&db).unwrap().len();
-        for _ in 0..200 {
-            log.append(vec![b'x'; 2_000]).await.unwrap();
-        }
-        // The writer never checkpoints (`wal_autocheckpoint=0`); only the checkpointer thread
-        // copies the 200 committed records from the WAL into the database file.
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while std::fs::metadata(&db).unwrap().len() < before + 200 * 2_000 {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "no checkpoint copied the WAL into {} within 10 s",
-                db.display()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        assert_eq!(log.count().await.unwrap(), 200);
-    }
-
-    #[tokio::test]
-    async fn the_writer_rewinds_a_busy_wal() {
-        // The WAL's size after 300 back-to-back appends (each its own commit: a few frames).
-        async fn wal_after_appends(wal_rewind_bytes: usize) -> u64 {
-            let (dir, log) = open_temp(Options {
-                wal_rewind_bytes,
-                ..Options::default()
-            })
-            .await;
-            for _ in 0..300 {
-                log.append(vec![b'x'; 2_000]).await.unwrap();
-            }
-            assert_eq!(log.count().await.unwrap(), 300);
-            std::fs::metadata(dir.path().join("events.db-wal"))
-                .unwrap()
-                .len()
-        }
-        let unbounded = wal_after_appends(usize::MAX).await;
-        let rewound = wal_after_appends(100_000).await;
-        assert!(
-            rewound * 2 < unbounded,
-            "rewinding every 100 kB left a {rewound}-byte WAL; without: {unbounded} bytes"
-        );
     }
 
     #[tokio::test]
