@@ -308,18 +308,22 @@ fn commit(
     let written = payloads
         .iter()
         .try_for_each(|payload| insert.execute([payload.as_slice()]).map(drop))
-        .and_then(|()| {
-            acks.iter().try_for_each(|(group, sequence)| {
-                conn.execute(
-                    "INSERT INTO log_groups (name, acked) VALUES (?1, ?2)
-                     ON CONFLICT (name) DO UPDATE SET acked = MAX(acked, excluded.acked)",
-                    rusqlite::params![group, sequence],
-                )
-                .map(drop)
-            })
+        // Read before the acks: a new group's row would become the last inserted rowid.
+        .map(|()| conn.last_insert_rowid())
+        .and_then(|last| {
+            acks.iter()
+                .try_for_each(|(group, sequence)| {
+                    conn.execute(
+                        "INSERT INTO log_groups (name, acked) VALUES (?1, ?2)
+                         ON CONFLICT (name) DO UPDATE SET acked = MAX(acked, excluded.acked)",
+                        rusqlite::params![group, sequence],
+                    )
+                    .map(drop)
+                })
+                .map(|()| last)
         });
-    match written.and_then(|()| conn.execute_batch("COMMIT")) {
-        Ok(()) => Ok(conn.last_insert_rowid()),
+    match written.and_then(|last| conn.execute_batch("COMMIT").map(|()| last)) {
+        Ok(last) => Ok(last),
         Err(err) => {
             if !conn.is_autocommit() {
                 let _ = conn.execute_batch("ROLLBACK");
@@ -511,6 +515,28 @@ mod tests {
             log.append(b"after".to_vec()).await,
             Err(AppendError::Unavailable(_))
         ));
+    }
+
+    #[tokio::test]
+    async fn a_batch_with_an_ack_reports_the_last_record_it_wrote() {
+        let (dir, log) = open_temp(Options::default()).await;
+        for _ in 0..3 {
+            log.append(b"r".to_vec()).await.unwrap();
+        }
+        let conn = connect_blocking(&dir.path().join("events.db")).unwrap();
+        let mut insert = conn
+            .prepare("INSERT INTO log (payload) VALUES (?1)")
+            .unwrap();
+        // Records 4 and 5 and a new group's first ack commit together: the sequence reported
+        // is the log's, not the group row's.
+        let last = commit(
+            &conn,
+            &mut insert,
+            &[b"a".to_vec(), b"b".to_vec()],
+            &[("new-group".to_owned(), 2)],
+        )
+        .unwrap();
+        assert_eq!(last, 5);
     }
 
     #[tokio::test]
