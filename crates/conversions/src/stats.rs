@@ -100,11 +100,16 @@ fn parse_bound(raw: Option<&str>, field: &str, default: Timestamp) -> ApiResult<
     ))
 }
 
-/// The UTC days the window touches, as `YYYY-MM-DD`.
-fn days(from: Timestamp, to: Timestamp) -> Vec<String> {
-    let first = from.as_datetime().date_naive();
+/// The first and last UTC day the window touches.
+fn day_span(from: Timestamp, to: Timestamp) -> (NaiveDate, NaiveDate) {
     // `to` is exclusive: a window ending at midnight does not touch that day.
     let last = (to.as_datetime() - chrono::Duration::microseconds(1)).date_naive();
+    (from.as_datetime().date_naive(), last)
+}
+
+/// The UTC days the window touches, as `YYYY-MM-DD`.
+fn days(from: Timestamp, to: Timestamp) -> Vec<String> {
+    let (first, last) = day_span(from, to);
     let mut out = Vec::new();
     let mut day = first;
     while day <= last {
@@ -160,13 +165,16 @@ async fn conversion_stats(
             ));
         }
     };
-    let days = if daily { days(from, to) } else { Vec::new() };
-    if days.len() as i64 > MAX_DAYS {
+    // Counted before the days are listed, so a window of centuries is refused without
+    // building its list first.
+    let (first, last) = day_span(from, to);
+    if daily && (last - first).num_days() + 1 > MAX_DAYS {
         return Err(ApiError::invalid_field(
             "from",
             format!("A daily series covers at most {MAX_DAYS} days."),
         ));
     }
+    let days = if daily { days(from, to) } else { Vec::new() };
 
     let rows: Vec<(Option<TriggerId>, String, String, i64)> = with_db!(&state.db, pool => sqlx::query_as(
         "SELECT trigger_id, platform, status, COUNT(*) FROM conversion_events
@@ -207,30 +215,25 @@ async fn conversion_stats(
     }
     if daily {
         let series = daily_series(&state, &scope, from, to).await?;
-        for (key, by_day) in series {
-            let i = row_of(&mut data, key);
-            data[i].series = Some(
+        for key in series.keys() {
+            row_of(&mut data, *key);
+        }
+        // Every row gets every day of the window; days without a cell are zeros.
+        for row in &mut data {
+            let by_day = series.get(&(row.trigger_id, row.platform));
+            row.series = Some(
                 days.iter()
                     .map(|d| {
-                        by_day.get(d).cloned().unwrap_or_else(|| DayStats {
-                            date: d.clone(),
-                            ..DayStats::default()
-                        })
+                        by_day
+                            .and_then(|cells| cells.get(d))
+                            .cloned()
+                            .unwrap_or_else(|| DayStats {
+                                date: d.clone(),
+                                ..DayStats::default()
+                            })
                     })
                     .collect(),
             );
-        }
-        for row in &mut data {
-            if row.series.is_none() {
-                row.series = Some(
-                    days.iter()
-                        .map(|d| DayStats {
-                            date: d.clone(),
-                            ..DayStats::default()
-                        })
-                        .collect(),
-                );
-            }
         }
     }
     Ok(Json(Stats {

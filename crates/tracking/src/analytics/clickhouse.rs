@@ -231,7 +231,7 @@ impl ClickHouseAnalytics {
     async fn stored(
         &self,
         events: &[AnalyticsEvent],
-    ) -> anyhow::Result<std::collections::HashSet<String>> {
+    ) -> anyhow::Result<std::collections::HashSet<uuid::Uuid>> {
         let mut by_site: std::collections::HashMap<SiteId, Vec<&AnalyticsEvent>> =
             std::collections::HashMap::new();
         for e in events {
@@ -505,7 +505,7 @@ struct Bucket {
 
 #[derive(Deserialize)]
 struct StoredHit {
-    hit_id: String,
+    hit_id: uuid::Uuid,
 }
 
 #[derive(Deserialize)]
@@ -673,7 +673,7 @@ impl AnalyticsStore for ClickHouseAnalytics {
             let mut seen = std::collections::HashSet::new();
             let fresh: Vec<&AnalyticsEvent> = events
                 .iter()
-                .filter(|e| !stored.contains(&e.hit_id.uuid().to_string()) && seen.insert(e.hit_id))
+                .filter(|e| !stored.contains(&e.hit_id.uuid()) && seen.insert(e.hit_id))
                 .collect();
             for chunk in fresh.chunks(ROWS_PER_INSERT) {
                 let mut body = format!(
