@@ -590,15 +590,56 @@ async fn timeseries_buckets_in_the_site_zone(store: &dyn tracking::analytics::An
     }
     store.insert(&events).await.unwrap();
 
+    let (berlin, kathmandu) = ("Europe/Berlin", "Asia/Kathmandu");
     let cases = [
-        ("Europe/Berlin", Interval::Hour, "2026-03-28T20:10:00Z", "2026-03-29T05:00:00Z"),
-        ("Europe/Berlin", Interval::Hour, "2026-10-24T22:00:00Z", "2026-10-25T03:00:00Z"),
-        ("Europe/Berlin", Interval::Day, "2026-03-25T10:30:00Z", "2026-04-03T00:00:00Z"),
-        ("Europe/Berlin", Interval::Day, "2026-10-22T00:00:00Z", "2026-10-29T00:00:00Z"),
-        ("Europe/Berlin", Interval::Week, "2026-03-01T00:00:00Z", "2026-11-15T00:00:00Z"),
-        ("Europe/Berlin", Interval::Month, "2026-01-01T00:00:00Z", "2026-12-31T00:00:00Z"),
-        ("Asia/Kathmandu", Interval::Day, "2026-03-26T00:00:00Z", "2026-04-02T00:00:00Z"),
-        ("Asia/Kathmandu", Interval::Hour, "2026-03-26T00:00:00Z", "2026-03-26T06:00:00Z"),
+        (
+            berlin,
+            Interval::Hour,
+            "2026-03-28T20:10:00Z",
+            "2026-03-29T05:00:00Z",
+        ),
+        (
+            berlin,
+            Interval::Hour,
+            "2026-10-24T22:00:00Z",
+            "2026-10-25T03:00:00Z",
+        ),
+        (
+            berlin,
+            Interval::Day,
+            "2026-03-25T10:30:00Z",
+            "2026-04-03T00:00:00Z",
+        ),
+        (
+            berlin,
+            Interval::Day,
+            "2026-10-22T00:00:00Z",
+            "2026-10-29T00:00:00Z",
+        ),
+        (
+            berlin,
+            Interval::Week,
+            "2026-03-01T00:00:00Z",
+            "2026-11-15T00:00:00Z",
+        ),
+        (
+            berlin,
+            Interval::Month,
+            "2026-01-01T00:00:00Z",
+            "2026-12-31T00:00:00Z",
+        ),
+        (
+            kathmandu,
+            Interval::Day,
+            "2026-03-26T00:00:00Z",
+            "2026-04-02T00:00:00Z",
+        ),
+        (
+            kathmandu,
+            Interval::Hour,
+            "2026-03-26T00:00:00Z",
+            "2026-03-26T06:00:00Z",
+        ),
     ];
     for (zone, interval, from, to) in cases {
         for filters in [Vec::new(), vec![Filter::parse("country:is:GB").unwrap()]] {
@@ -630,7 +671,10 @@ async fn timeseries_buckets_in_the_site_zone(store: &dyn tracking::analytics::An
                         *start,
                         distinct(|e| &e.visitor),
                         distinct(|e| &e.session),
-                        inside.iter().filter(|e| e.event_name == "page_view").count() as i64,
+                        inside
+                            .iter()
+                            .filter(|e| e.event_name == "page_view")
+                            .count() as i64,
                         inside.len() as i64,
                     )
                 })
