@@ -21,6 +21,9 @@
 
 mod clickhouse;
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -61,6 +64,9 @@ struct Args {
     /// Runs of the hand-written raw-row SQL per widget (its answers are the exact reference).
     #[arg(long, default_value_t = 1)]
     baseline_runs: usize,
+    /// Log records per batch read in phase A (default: what the worker role reads).
+    #[arg(long, default_value_t = tracking::pipeline::BATCH)]
+    batch: usize,
     /// Generator seed.
     #[arg(long, default_value_t = 1)]
     seed: u64,
@@ -109,7 +115,13 @@ async fn main() -> anyhow::Result<()> {
         args.clickhouse.as_deref().unwrap_or("sqlite")
     );
     if args.records > 0 {
-        pipeline_throughput(&dir.join("a"), args.records, args.seed, enricher.clone()).await?;
+        pipeline_throughput(
+            &dir.join("a"),
+            (args.records, args.batch),
+            args.seed,
+            enricher.clone(),
+        )
+        .await?;
     }
     if args.events > 0 {
         let clickhouse = match &args.clickhouse {
@@ -160,7 +172,7 @@ fn visits_for(target: u64, sites: u64, days: u64, per_visit: f64) -> u32 {
 
 async fn pipeline_throughput(
     dir: &Path,
-    records: u64,
+    (records, batch_size): (u64, usize),
     seed: u64,
     enricher: Enricher,
 ) -> anyhow::Result<()> {
@@ -200,7 +212,7 @@ async fn pipeline_throughput(
     let mut batches = 0u64;
     while consumed < appended {
         let batch = subscription
-            .next_batch(2_000, Duration::from_secs(5))
+            .next_batch(batch_size, Duration::from_secs(5))
             .await?;
         anyhow::ensure!(
             !batch.is_empty(),

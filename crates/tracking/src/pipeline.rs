@@ -26,6 +26,12 @@ pub const GROUP: &str = "analytics";
 const SESSION_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 const CACHE_LIMIT: usize = 200_000;
 
+/// Log records per insert: one transaction's worth (the rollups aggregate within it).
+const RECORDS_PER_INSERT: usize = 2_000;
+
+/// Log records per batch read: several parts, so storing one overlaps preparing the next.
+pub const BATCH: usize = 10_000;
+
 pub struct Pipeline {
     store: Arc<dyn AnalyticsStore>,
     enricher: Enricher,
@@ -47,41 +53,55 @@ impl Pipeline {
         crate::log::consume(log, GROUP, shutdown, self.as_ref()).await;
     }
 
-    /// Turns a batch of log records into stored events.
+    /// Turns a batch of log records into stored events. The batch is stored in parts of
+    /// [`RECORDS_PER_INSERT`] records, each its own insert (and transaction): while one part is
+    /// being written (on the store's own connection thread) the next is parsed, enriched and
+    /// sessionised here, so both cores work. Every part is stored before this returns, and the
+    /// caller acknowledges only then; a failure anywhere fails the batch, which comes again
+    /// whole (the parts already stored are skipped by hit id).
     pub async fn process_batch(&self, batch: &[Delivery]) -> anyhow::Result<()> {
-        let mut events = Vec::new();
-        for delivery in batch {
-            let record: LogRecord = match serde_json::from_slice(&delivery.payload) {
-                Ok(record) => record,
-                Err(err) => {
-                    // A record we cannot read will not get better by retrying; skip it loudly.
-                    tracing::error!(error = %err, sequence = delivery.sequence, "unreadable event log record skipped");
-                    metrics::counter!("pipeline_unreadable_records_total").increment(1);
-                    continue;
+        let mut writing: Option<tokio::task::JoinHandle<anyhow::Result<usize>>> = None;
+        for part in batch.chunks(RECORDS_PER_INSERT) {
+            let mut events = Vec::with_capacity(part.len() * 2);
+            for delivery in part {
+                let record: LogRecord = match serde_json::from_slice(&delivery.payload) {
+                    Ok(record) => record,
+                    Err(err) => {
+                        // A record we cannot read will not get better by retrying; skip it loudly.
+                        tracing::error!(error = %err, sequence = delivery.sequence, "unreadable event log record skipped");
+                        metrics::counter!("pipeline_unreadable_records_total").increment(1);
+                        continue;
+                    }
+                };
+                for hit in &record.hits {
+                    events.push(self.event(&record, hit, &mut writing).await?);
                 }
-            };
-            for hit in &record.hits {
-                events.push(self.event(&record, hit).await?);
             }
+            finish(&mut writing).await?;
+            let store = self.store.clone();
+            writing = Some(tokio::spawn(async move {
+                store.insert(&events).await.map(|()| events.len())
+            }));
         }
-        self.store.insert(&events).await?;
-        metrics::counter!("pipeline_events_total").increment(events.len() as u64);
-        Ok(())
+        finish(&mut writing).await
     }
 
-    async fn event(&self, record: &LogRecord, hit: &Hit) -> anyhow::Result<AnalyticsEvent> {
+    /// `writing`: the part being stored, awaited before the store is asked for a session.
+    async fn event(
+        &self,
+        record: &LogRecord,
+        hit: &Hit,
+        writing: &mut Option<tokio::task::JoinHandle<anyhow::Result<usize>>>,
+    ) -> anyhow::Result<AnalyticsEvent> {
         let e = self.enricher.enrich(hit, &record.request);
-        let geo = e.geo.clone();
-        let device = serde_json::to_value(e.user_agent.device_type)
-            .ok()
-            .and_then(|v| v.as_str().map(str::to_owned))
-            .unwrap_or_else(|| "other".to_owned());
+        let geo = e.geo.unwrap_or_default();
+        let device = e.user_agent.device_type.as_str().to_owned();
         let visitor = hit
             .client_id
             .clone()
             .or_else(|| hit.user_id.clone())
             .unwrap_or_else(|| hit.id.to_string());
-        let session = self.session(record.site_id, &visitor, hit).await?;
+        let session = self.session(record.site_id, &visitor, hit, writing).await?;
         let value = hit.params.get("value").and_then(ParamValue::as_f64);
         let params = serde_json::to_value(&hit.params).unwrap_or_default();
         Ok(AnalyticsEvent {
@@ -104,9 +124,9 @@ impl Pipeline {
             term: e.utm.term,
             content: e.utm.content,
             channel: Some(e.channel_group.as_str().to_owned()),
-            country: geo.as_ref().and_then(|g| g.country.clone()),
-            region: geo.as_ref().and_then(|g| g.region.clone()),
-            city: geo.and_then(|g| g.city),
+            country: geo.country,
+            region: geo.region,
+            city: geo.city,
             device: Some(device),
             browser: e.user_agent.browser,
             os: e.user_agent.os,
@@ -117,7 +137,13 @@ impl Pipeline {
         })
     }
 
-    async fn session(&self, site: SiteId, visitor: &str, hit: &Hit) -> anyhow::Result<String> {
+    async fn session(
+        &self,
+        site: SiteId,
+        visitor: &str,
+        hit: &Hit,
+        writing: &mut Option<tokio::task::JoinHandle<anyhow::Result<usize>>>,
+    ) -> anyhow::Result<String> {
         if let Some(sid) = &hit.session.id {
             return Ok(format!("{visitor}:{sid}"));
         }
@@ -131,7 +157,12 @@ impl Pipeline {
             .cloned();
         let previous = match cached {
             Some(found) => Some(found),
-            None => self.store.last_session(site, visitor, time).await?,
+            None => {
+                // The store must hold every earlier event first (the cache may have been
+                // cleared since they were sessionised).
+                finish(writing).await?;
+                self.store.last_session(site, visitor, time).await?
+            }
         };
         let session = match previous {
             Some((session, last)) if time.seconds_since(last) <= SESSION_TIMEOUT.as_secs_f64() => {
@@ -150,8 +181,23 @@ impl Pipeline {
     }
 }
 
+/// Waits for the part being stored, if any, and counts its events.
+async fn finish(
+    writing: &mut Option<tokio::task::JoinHandle<anyhow::Result<usize>>>,
+) -> anyhow::Result<()> {
+    if let Some(task) = writing.take() {
+        let stored = task.await??;
+        metrics::counter!("pipeline_events_total").increment(stored as u64);
+    }
+    Ok(())
+}
+
 impl BatchHandler for Pipeline {
     fn process<'a>(&'a self, batch: &'a [Delivery]) -> BoxFuture<'a, anyhow::Result<()>> {
         Box::pin(self.process_batch(batch))
+    }
+
+    fn batch_size(&self) -> usize {
+        BATCH
     }
 }

@@ -514,3 +514,176 @@ async fn redelivering_the_whole_log(analytics_url: Option<String>) {
     .await;
     assert_eq!(rows(&entry), vec![("/".into(), 5, 10)], "{entry}");
 }
+
+/// Time series in a DST zone and a quarter-hour zone, by hour, day, week and month: the embedded
+/// store (raw rows, exact) and ClickHouse give the counts worked out here bucket by bucket.
+#[tokio::test]
+async fn timeseries_buckets_in_the_site_zone_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = tracking::analytics::sqlite::SqliteAnalytics::open_with(
+        &dir.path().join("analytics.db"),
+        i64::MAX,
+    )
+    .await
+    .unwrap();
+    timeseries_buckets_in_the_site_zone(&store).await;
+}
+
+#[tokio::test]
+async fn timeseries_buckets_in_the_site_zone_clickhouse() {
+    if let Some(url) = clickhouse_analytics_url() {
+        let store = tracking::analytics::open(&url).await.unwrap();
+        timeseries_buckets_in_the_site_zone(store.as_ref()).await;
+    }
+}
+
+async fn timeseries_buckets_in_the_site_zone(store: &dyn tracking::analytics::AnalyticsStore) {
+    use platform::Timestamp;
+    use tracking::analytics::query::buckets;
+    use tracking::analytics::{AnalyticsEvent, Filter, Interval, Query};
+
+    let ts = |s: &str| Timestamp::from(s.parse::<chrono::DateTime<chrono::Utc>>().unwrap());
+    let site = tracking::sites::SiteId::new();
+    let workspace = platform::id::WorkspaceId::new();
+    // An event every 37 minutes around Berlin's 2026 DST changes (29 March, 25 October), from
+    // seven visitors in sessions of about four hours; every third one from GB.
+    let mut events = Vec::new();
+    for (from, to) in [
+        ("2026-03-20T00:00:00Z", "2026-04-05T00:00:00Z"),
+        ("2026-10-20T00:00:00Z", "2026-11-05T00:00:00Z"),
+    ] {
+        let (mut t, end) = (ts(from).as_millis(), ts(to).as_millis());
+        while t < end {
+            let n = events.len() as i64;
+            events.push(AnalyticsEvent {
+                hit_id: tracking::HitId::new(),
+                site_id: site,
+                workspace_id: workspace,
+                time: Timestamp::from_millis(t),
+                event_name: if n % 4 == 0 { "click" } else { "page_view" }.into(),
+                visitor: format!("v{}", n % 7),
+                session: format!("v{}:{}", n % 7, t / 14_400_000),
+                engaged: false,
+                page_host: None,
+                page_path: Some("/".into()),
+                page_title: None,
+                referrer_host: None,
+                source: None,
+                medium: None,
+                campaign: None,
+                term: None,
+                content: None,
+                channel: None,
+                country: (n % 3 == 0).then(|| "GB".into()),
+                region: None,
+                city: None,
+                device: None,
+                browser: None,
+                os: None,
+                value: None,
+                currency: None,
+                params: serde_json::json!({}),
+                bot: false,
+            });
+            t += 37 * 60_000;
+        }
+    }
+    store.insert(&events).await.unwrap();
+
+    let (berlin, kathmandu) = ("Europe/Berlin", "Asia/Kathmandu");
+    let cases = [
+        (
+            berlin,
+            Interval::Hour,
+            "2026-03-28T20:10:00Z",
+            "2026-03-29T05:00:00Z",
+        ),
+        (
+            berlin,
+            Interval::Hour,
+            "2026-10-24T22:00:00Z",
+            "2026-10-25T03:00:00Z",
+        ),
+        (
+            berlin,
+            Interval::Day,
+            "2026-03-25T10:30:00Z",
+            "2026-04-03T00:00:00Z",
+        ),
+        (
+            berlin,
+            Interval::Day,
+            "2026-10-22T00:00:00Z",
+            "2026-10-29T00:00:00Z",
+        ),
+        (
+            berlin,
+            Interval::Week,
+            "2026-03-01T00:00:00Z",
+            "2026-11-15T00:00:00Z",
+        ),
+        (
+            berlin,
+            Interval::Month,
+            "2026-01-01T00:00:00Z",
+            "2026-12-31T00:00:00Z",
+        ),
+        (
+            kathmandu,
+            Interval::Day,
+            "2026-03-26T00:00:00Z",
+            "2026-04-02T00:00:00Z",
+        ),
+        (
+            kathmandu,
+            Interval::Hour,
+            "2026-03-26T00:00:00Z",
+            "2026-03-26T06:00:00Z",
+        ),
+    ];
+    for (zone, interval, from, to) in cases {
+        for filters in [Vec::new(), vec![Filter::parse("country:is:GB").unwrap()]] {
+            let query = Query {
+                site_id: site,
+                from: ts(from),
+                to: ts(to),
+                filters,
+            };
+            let b = buckets(query.from, query.to, interval, zone.parse().unwrap()).unwrap();
+            let got = store.timeseries(&query, &b).await.unwrap();
+            let expected: Vec<(Timestamp, i64, i64, i64, i64)> = b
+                .iter()
+                .map(|(start, end)| {
+                    let (lo, hi) = ((*start).max(query.from), (*end).min(query.to));
+                    let inside: Vec<&AnalyticsEvent> = events
+                        .iter()
+                        .filter(|e| e.time >= lo && e.time < hi)
+                        .filter(|e| query.filters.is_empty() || e.country.is_some())
+                        .collect();
+                    let distinct = |f: fn(&AnalyticsEvent) -> &str| {
+                        inside
+                            .iter()
+                            .map(|e| f(e))
+                            .collect::<std::collections::HashSet<_>>()
+                            .len() as i64
+                    };
+                    (
+                        *start,
+                        distinct(|e| &e.visitor),
+                        distinct(|e| &e.session),
+                        inside
+                            .iter()
+                            .filter(|e| e.event_name == "page_view")
+                            .count() as i64,
+                        inside.len() as i64,
+                    )
+                })
+                .collect();
+            let got: Vec<(Timestamp, i64, i64, i64, i64)> = got
+                .iter()
+                .map(|p| (p.start, p.visitors, p.sessions, p.pageviews, p.events))
+                .collect();
+            assert_eq!(got, expected, "{zone} {interval:?} {from}..{to} {query:?}");
+        }
+    }
+}

@@ -45,9 +45,9 @@ use super::{AnalyticsEvent, AnalyticsStore, BreakdownRow, Query, Summary, Timese
 use crate::HitId;
 use crate::sites::SiteId;
 
-/// Buckets per `UNION ALL` request: keeps the query text well under ClickHouse's default
-/// `max_query_size` (256 KiB) even with the maximum of 20 filters.
-const BUCKETS_PER_QUERY: usize = 40;
+/// Runs of equal-length buckets one time-series scan tells apart (see [`bucket_expression`]);
+/// more make another `UNION ALL` branch, so a row never evaluates more than this many branches.
+const RUNS_PER_SCAN: usize = 8;
 
 /// Rows per insert request.
 const ROWS_PER_INSERT: usize = 10_000;
@@ -269,6 +269,83 @@ impl ClickHouseAnalytics {
             .into_iter()
             .next()
             .context("ClickHouse returned no row")
+    }
+}
+
+/// Consecutive time-series buckets of one length: bucket `first + i` is
+/// `[start + i·len, start + (i + 1)·len)` in epoch milliseconds.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Run {
+    first: usize,
+    start: i64,
+    len: i64,
+    count: usize,
+}
+
+impl Run {
+    fn end(&self) -> i64 {
+        self.start + self.len * self.count as i64
+    }
+}
+
+/// The caller's buckets as segments of contiguous runs (at most [`RUNS_PER_SCAN`] a segment):
+/// hours, and days or weeks between DST changes, are one run each; months are a run or two a
+/// year's worth. A gap between buckets starts a new segment, so rows in it are never counted.
+fn bucket_segments(buckets: &[(Timestamp, Timestamp)]) -> Vec<Vec<Run>> {
+    let mut segments: Vec<Vec<Run>> = Vec::new();
+    for (i, (start, end)) in buckets.iter().enumerate() {
+        let (start, end) = (start.as_millis(), end.as_millis());
+        if end <= start {
+            continue;
+        }
+        let len = end - start;
+        let last = segments.last_mut().and_then(|segment| segment.last_mut());
+        let contiguous = last.as_ref().is_some_and(|run| run.end() == start);
+        match last {
+            Some(run) if contiguous && run.len == len && run.first + run.count == i => {
+                run.count += 1;
+            }
+            _ => {
+                let run = Run {
+                    first: i,
+                    start,
+                    len,
+                    count: 1,
+                };
+                match segments.last_mut() {
+                    Some(segment) if contiguous && segment.len() < RUNS_PER_SCAN => {
+                        segment.push(run);
+                    }
+                    _ => segments.push(vec![run]),
+                }
+            }
+        }
+    }
+    segments
+}
+
+/// The bucket number of a row of `runs`' range as SQL over `time_ms`: integer arithmetic per
+/// run, picked by `multiIf` on the run edges (no time-zone functions, so both engines and both
+/// stores agree on every edge whatever their tz databases say).
+fn bucket_expression(runs: &[Run]) -> String {
+    let run_sql = |run: &Run| {
+        format!(
+            "{} + intDiv(time_ms - {}, {})",
+            run.first, run.start, run.len
+        )
+    };
+    match runs {
+        [run] => run_sql(run),
+        _ => {
+            let mut arms: Vec<String> = Vec::with_capacity(runs.len() * 2);
+            for (i, run) in runs.iter().enumerate() {
+                if i + 1 < runs.len() {
+                    arms.push(format!("time_ms < {}", run.end()));
+                }
+                arms.push(run_sql(run));
+            }
+            format!("multiIf({})", arms.join(", "))
+        }
     }
 }
 
@@ -761,43 +838,55 @@ impl AnalyticsStore for ClickHouseAnalytics {
         buckets: &'a [(Timestamp, Timestamp)],
     ) -> BoxFuture<'a, anyhow::Result<Vec<TimeseriesPoint>>> {
         async move {
-            // Each bucket is its own indexed range (a calendar unit of the site's zone, computed
-            // by the caller), so distinct counts stay exact; a request carries many of them.
-            let mut points = Vec::with_capacity(buckets.len());
-            for (chunk_index, chunk) in buckets.chunks(BUCKETS_PER_QUERY).enumerate() {
-                let offset = chunk_index * BUCKETS_PER_QUERY;
-                let selects: Vec<String> = chunk
-                    .iter()
-                    .enumerate()
-                    .map(|(i, (start, end))| {
-                        let filter = where_clause(
-                            &self.table,
-                            query,
-                            (*start).max(query.from),
-                            (*end).min(query.to),
-                        );
-                        format!(
-                            "SELECT {} AS bucket, {TOTALS} FROM {} WHERE {filter}",
-                            offset + i,
-                            self.table
-                        )
-                    })
-                    .collect();
-                let mut rows: Vec<Bucket> = self
-                    .rows(format!("SELECT * FROM ({})", selects.join(" UNION ALL ")))
-                    .await?;
-                rows.sort_by_key(|r| r.bucket);
-                anyhow::ensure!(rows.len() == chunk.len(), "ClickHouse lost a bucket");
-                for (row, (start, _)) in rows.into_iter().zip(chunk) {
-                    points.push(TimeseriesPoint {
-                        start: *start,
-                        visitors: row.totals.visitors,
-                        sessions: row.totals.sessions,
-                        pageviews: row.totals.pageviews,
-                        events: row.totals.events,
-                        visitors_estimated: false,
-                    });
+            // One scan grouped by the bucket number (see `bucket_runs`): each bucket is a
+            // calendar unit of the site's zone computed by the caller, so the edges are the
+            // caller's, DST included, and distinct counts stay exact per bucket. A range with many
+            // runs (months) is several `UNION ALL` branches, each over its own part of the range.
+            let mut selects = Vec::new();
+            for segment in bucket_segments(buckets) {
+                let (Some(first), Some(last)) = (segment.first(), segment.last()) else {
+                    continue;
+                };
+                let from = Timestamp::from_millis(first.start).max(query.from);
+                let to = Timestamp::from_millis(last.end()).min(query.to);
+                if from >= to {
+                    continue;
                 }
+                let filter = where_clause(&self.table, query, from, to);
+                selects.push(format!(
+                    "SELECT {} AS bucket, {TOTALS} FROM {} WHERE {filter} GROUP BY bucket",
+                    bucket_expression(&segment),
+                    self.table
+                ));
+            }
+            let mut points: Vec<TimeseriesPoint> = buckets
+                .iter()
+                .map(|(start, _)| TimeseriesPoint {
+                    start: *start,
+                    visitors: 0,
+                    sessions: 0,
+                    pageviews: 0,
+                    events: 0,
+                    visitors_estimated: false,
+                })
+                .collect();
+            if selects.is_empty() {
+                return Ok(points);
+            }
+            let sql = if selects.len() == 1 {
+                selects.remove(0)
+            } else {
+                format!("SELECT * FROM ({})", selects.join(" UNION ALL "))
+            };
+            for row in self.rows::<Bucket>(sql).await? {
+                let point = usize::try_from(row.bucket)
+                    .ok()
+                    .and_then(|i| points.get_mut(i))
+                    .context("ClickHouse answered a bucket out of range")?;
+                point.visitors = row.totals.visitors;
+                point.sessions = row.totals.sessions;
+                point.pageviews = row.totals.pageviews;
+                point.events = row.totals.events;
             }
             Ok(points)
         }
@@ -942,6 +1031,85 @@ mod tests {
             sql.contains("positionCaseInsensitive(if(has(param_keys, 'plan'), param_values[indexOf(param_keys, 'plan')], NULL), 'pro')"),
             "{sql}"
         );
+    }
+
+    /// Every bucket back from the runs, in order: the runs describe exactly the caller's edges.
+    fn unrolled(segments: &[Vec<Run>]) -> Vec<(usize, i64, i64)> {
+        segments
+            .iter()
+            .flatten()
+            .flat_map(|run| {
+                (0..run.count).map(move |i| {
+                    let start = run.start + run.len * i as i64;
+                    (run.first + i, start, start + run.len)
+                })
+            })
+            .collect()
+    }
+
+    #[test]
+    fn time_series_buckets_become_runs_of_equal_length() {
+        use super::super::query::{Interval, buckets};
+        let ts = |s: &str| Timestamp::from(s.parse::<chrono::DateTime<chrono::Utc>>().unwrap());
+        let berlin: chrono_tz::Tz = "Europe/Berlin".parse().unwrap();
+        let kathmandu: chrono_tz::Tz = "Asia/Kathmandu".parse().unwrap();
+        // 2026: Berlin springs forward on 29 March, falls back on 25 October.
+        let (from, to) = (ts("2026-03-01T10:00:00Z"), ts("2026-11-15T00:00:00Z"));
+        for (interval, zone, runs) in [
+            (Interval::Hour, berlin, 1),
+            (Interval::Day, berlin, 5),
+            (Interval::Week, berlin, 5),
+            (Interval::Month, berlin, 0),
+            (Interval::Day, kathmandu, 1),
+        ] {
+            let (from, to) = if interval == Interval::Hour {
+                (ts("2026-03-28T10:00:00Z"), ts("2026-04-02T00:00:00Z"))
+            } else {
+                (from, to)
+            };
+            let b = buckets(from, to, interval, zone).unwrap();
+            let segments = bucket_segments(&b);
+            let expected: Vec<(usize, i64, i64)> = b
+                .iter()
+                .enumerate()
+                .map(|(i, (s, e))| (i, s.as_millis(), e.as_millis()))
+                .collect();
+            assert_eq!(unrolled(&segments), expected, "{interval:?} {zone}");
+            assert!(segments.iter().all(|s| s.len() <= RUNS_PER_SCAN));
+            let total: usize = segments.iter().map(Vec::len).sum();
+            if runs > 0 {
+                assert_eq!(total, runs, "{interval:?} {zone}: {segments:?}");
+                assert_eq!(segments.len(), 1, "{interval:?} {zone}");
+            }
+        }
+        // A day across the spring-forward change: 24 h, 23 h, then 24 h days.
+        let b = buckets(
+            ts("2026-03-27T12:00:00Z"),
+            ts("2026-03-31T12:00:00Z"),
+            Interval::Day,
+            berlin,
+        )
+        .unwrap();
+        let segments = bucket_segments(&b);
+        assert_eq!(
+            bucket_expression(&segments[0]),
+            format!(
+                "multiIf(time_ms < {}, 0 + intDiv(time_ms - {}, 86400000), \
+                 time_ms < {}, 2 + intDiv(time_ms - {}, 82800000), \
+                 3 + intDiv(time_ms - {}, 86400000))",
+                b[2].0.as_millis(),
+                b[0].0.as_millis(),
+                b[3].0.as_millis(),
+                b[2].0.as_millis(),
+                b[3].0.as_millis()
+            )
+        );
+        // A gap between buckets is a new segment (its rows are outside every range).
+        let gapped = [
+            (ts("2026-01-01T00:00:00Z"), ts("2026-01-01T01:00:00Z")),
+            (ts("2026-01-01T02:00:00Z"), ts("2026-01-01T03:00:00Z")),
+        ];
+        assert_eq!(bucket_segments(&gapped).len(), 2);
     }
 
     #[test]

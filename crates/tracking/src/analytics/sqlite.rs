@@ -86,7 +86,14 @@ impl SqliteAnalytics {
             // Analytics can be rebuilt from the event log: NORMAL is durable against a crash of
             // the process and loses at most the last commits on power loss.
             .synchronous(SqliteSynchronous::Normal)
-            .busy_timeout(Duration::from_secs(10));
+            .busy_timeout(Duration::from_secs(10))
+            // A writer's batch touches tens of MiB of pages (raw rows, three indexes, sessions,
+            // rollups): SQLite's default 2 MiB cache re-read and spilled them mid-transaction
+            // (a third of the writer thread's time in pread/pwrite, bench/RESULTS.md). Statement
+            // journals stay in memory, and checkpoints (an fsync each) come every 16 MiB of WAL.
+            .pragma("cache_size", "-65536")
+            .pragma("temp_store", "memory")
+            .pragma("wal_autocheckpoint", "4000");
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
             .connect_with(options)

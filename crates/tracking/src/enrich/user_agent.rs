@@ -48,6 +48,19 @@ pub enum DeviceType {
     Other,
 }
 
+impl DeviceType {
+    /// The serialized name (`desktop`, `mobile`, ...), as analytics stores it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Desktop => "desktop",
+            Self::Mobile => "mobile",
+            Self::Tablet => "tablet",
+            Self::Bot => "bot",
+            Self::Other => "other",
+        }
+    }
+}
+
 /// Parses a user agent string (uncached: callers go through `Enricher`'s cache).
 pub(super) fn parse(agent: &str) -> UserAgent {
     let agent = agent.trim();
@@ -156,6 +169,19 @@ fn is_tablet(agent: &str, os: Option<&str>) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn device_names_are_the_serialized_ones() {
+        for d in [
+            DeviceType::Desktop,
+            DeviceType::Mobile,
+            DeviceType::Tablet,
+            DeviceType::Bot,
+            DeviceType::Other,
+        ] {
+            assert_eq!(serde_json::to_value(d).unwrap(), d.as_str());
+        }
+    }
 
     fn ua(
         browser: &str,

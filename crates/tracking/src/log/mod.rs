@@ -100,6 +100,11 @@ pub async fn open(url: &str) -> anyhow::Result<Arc<dyn EventLog>> {
 /// What a consumer group does with each batch of records.
 pub trait BatchHandler: Send + Sync {
     fn process<'a>(&'a self, batch: &'a [Delivery]) -> BoxFuture<'a, anyhow::Result<()>>;
+
+    /// Records read and handed over at a time.
+    fn batch_size(&self) -> usize {
+        2_000
+    }
 }
 
 /// Reads `group` until `shutdown`, handing each batch to `handler` and acknowledging it once
@@ -127,7 +132,7 @@ pub async fn consume(
     while !shutdown.is_cancelled() {
         let batch = tokio::select! {
             _ = shutdown.cancelled() => break,
-            batch = subscription.next_batch(2_000, Duration::from_secs(1)) => batch,
+            batch = subscription.next_batch(handler.batch_size(), Duration::from_secs(1)) => batch,
         };
         let batch = match batch {
             Ok(batch) if batch.is_empty() => continue,

@@ -2,13 +2,13 @@
 //! `rollups` (per site × dimension × hour/day bucket × value: counters and a visitor sketch),
 //! written in the same transaction as the raw events they count (see [`super::super::rollup`]).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use sqlx::sqlite::{SqliteArguments, SqliteRow};
 use sqlx::{Arguments, AssertSqlSafe, Row, SqliteConnection, SqlitePool};
 
 use crate::analytics::AnalyticsEvent;
-use crate::analytics::rollup::{ALL, Cell, Delta, Key, SessionStats, cover};
+use crate::analytics::rollup::{ALL, Cell, DIMENSIONS, Delta, HOUR, Key, SessionStats, cover};
 use crate::sites::SiteId;
 
 pub const SCHEMA: &[&str] = &[
@@ -55,6 +55,18 @@ where
     T: sqlx::Encode<'q, sqlx::Sqlite> + sqlx::Type<sqlx::Sqlite> + 'q,
 {
     args.add(value).map_err(anyhow::Error::msg)
+}
+
+/// `(first, last)` of each run of `buckets` (ascending) whose neighbours are `step` apart.
+fn adjacent_runs(buckets: &BTreeSet<i64>, step: i64) -> Vec<(i64, i64)> {
+    let mut runs: Vec<(i64, i64)> = Vec::new();
+    for &bucket in buckets {
+        match runs.last_mut() {
+            Some((_, last)) if bucket - *last <= step => *last = bucket,
+            _ => runs.push((bucket, bucket)),
+        }
+    }
+    runs
 }
 
 /// Folds newly stored events (each counted exactly once: the caller passes only the events its
@@ -149,53 +161,58 @@ pub async fn apply(conn: &mut SqliteConnection, fresh: &[&AnalyticsEvent]) -> an
         .await?;
     }
 
-    // Rollup cells: read what is stored for the touched keys, add, write back.
-    // (site, dimension, grain, bucket) → the touched values.
-    type Group = (SiteId, u8, u8, i64);
-    let mut groups: HashMap<Group, Vec<(String, Cell)>> = HashMap::new();
-    for ((site, dim, grain, bucket, value), cell) in delta.cells {
-        groups
-            .entry((site, dim, grain, bucket))
-            .or_default()
-            .push((value, cell));
+    // Rollup cells: read what is stored for the touched keys, add, write back. The stored cells
+    // are read per site, grain and run of adjacent touched buckets, every dimension at once (a
+    // batch of events in time order touches one run: a handful of reads, not one per
+    // dimension and bucket); only the touched ones are decoded.
+    let mut touched: BTreeMap<(SiteId, u8), BTreeSet<i64>> = BTreeMap::new();
+    for (site, _, grain, bucket, _) in delta.cells.keys() {
+        touched.entry((*site, *grain)).or_default().insert(*bucket);
     }
-    let mut merged: Vec<(Key, Cell)> = Vec::new();
-    for ((site, dim, grain, bucket), cells) in groups {
-        for chunk in cells.chunks(CHUNK) {
-            let mut args = SqliteArguments::default();
-            arg(&mut args, site)?;
-            arg(&mut args, i64::from(dim))?;
-            arg(&mut args, i64::from(grain))?;
-            arg(&mut args, bucket)?;
-            for (value, _) in chunk {
-                arg(&mut args, value.as_str())?;
-            }
-            let placeholders = (5..chunk.len() + 5)
-                .map(|i| format!("?{i}"))
-                .collect::<Vec<_>>()
-                .join(",");
-            let rows: Vec<SqliteRow> = sqlx::query_with(
-                AssertSqlSafe(format!(
-                    "SELECT value, events, pageviews, sessions, bounces, duration_ms, visitors
-                     FROM rollups WHERE site_id = ?1 AND dim = ?2 AND grain = ?3 AND bucket = ?4
-                     AND value IN ({placeholders})"
-                )),
-                args,
-            )
-            .fetch_all(&mut *conn)
-            .await?;
-            let mut existing: HashMap<String, Cell> = HashMap::with_capacity(rows.len());
+    let dims = std::iter::once(ALL)
+        .chain(DIMENSIONS.iter().map(|(code, _)| *code))
+        .map(|code| code.to_string())
+        .collect::<Vec<_>>()
+        .join(",");
+    let read_sql = format!(
+        "SELECT dim, bucket, value, events, pageviews, sessions, bounces, duration_ms, visitors
+         FROM rollups WHERE site_id = ?1 AND dim IN ({dims}) AND grain = ?2
+         AND bucket >= ?3 AND bucket <= ?4"
+    );
+    let mut existing: HashMap<Key, Cell> = HashMap::new();
+    for ((site, grain), buckets) in &touched {
+        let step = if *grain == HOUR { 1 } else { 24 };
+        for (lo, hi) in adjacent_runs(buckets, step) {
+            let rows: Vec<SqliteRow> = sqlx::query(AssertSqlSafe(read_sql.as_str()))
+                .bind(*site)
+                .bind(i64::from(*grain))
+                .bind(lo)
+                .bind(hi)
+                .fetch_all(&mut *conn)
+                .await?;
             for r in &rows {
-                let (value, cell) = cell_from_row(r)?;
-                existing.insert(value, cell);
-            }
-            for (value, cell) in chunk {
-                let mut total = existing.remove(value).unwrap_or_default();
-                total.add(cell);
-                merged.push(((site, dim, grain, bucket, value.clone()), total));
+                let dim: i64 = r.try_get("dim")?;
+                let key: Key = (
+                    *site,
+                    u8::try_from(dim)?,
+                    *grain,
+                    r.try_get("bucket")?,
+                    r.try_get("value")?,
+                );
+                if delta.cells.contains_key(&key) {
+                    existing.insert(key, cell_from_row(r)?);
+                }
             }
         }
     }
+    let mut merged: Vec<(Key, Cell)> = Vec::with_capacity(delta.cells.len());
+    for (key, cell) in delta.cells {
+        let mut total = existing.remove(&key).unwrap_or_default();
+        total.add(&cell);
+        merged.push((key, total));
+    }
+    // In the index's order: neighbouring writes land on the same pages.
+    merged.sort_unstable_by(|a, b| a.0.cmp(&b.0));
     for chunk in merged.chunks(CHUNK) {
         let mut args = SqliteArguments::default();
         for ((site, dim, grain, bucket, value), cell) in chunk {
@@ -247,7 +264,7 @@ fn session_from_row(r: &SqliteRow) -> anyhow::Result<SessionStats> {
     })
 }
 
-fn cell_from_row(r: &SqliteRow) -> anyhow::Result<(String, Cell)> {
+fn cell_from_row(r: &SqliteRow) -> anyhow::Result<Cell> {
     let sketch: &[u8] = r.try_get("visitors")?;
     let mut cell = Cell {
         events: r.try_get("events")?,
@@ -258,7 +275,7 @@ fn cell_from_row(r: &SqliteRow) -> anyhow::Result<(String, Cell)> {
         ..Cell::default()
     };
     cell.visitors.merge_bytes(sketch)?;
-    Ok((r.try_get("value")?, cell))
+    Ok(cell)
 }
 
 /// The cells of `dim` over the epoch hours `[from, to)`, merged per value key.
@@ -371,4 +388,18 @@ pub async fn ensure_built(pool: &SqlitePool) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn touched_buckets_are_read_in_runs_of_neighbours() {
+        let hours: BTreeSet<i64> = [3, 4, 5, 9, 10, 20].into_iter().collect();
+        assert_eq!(adjacent_runs(&hours, 1), vec![(3, 5), (9, 10), (20, 20)]);
+        let days: BTreeSet<i64> = [24, 48, 96].into_iter().collect();
+        assert_eq!(adjacent_runs(&days, 24), vec![(24, 48), (96, 96)]);
+        assert!(adjacent_runs(&BTreeSet::new(), 1).is_empty());
+    }
 }
