@@ -9,6 +9,10 @@
 //!
 //! Delivery is at-least-once and unordered: a crash between a consumer's effect and the
 //! processed record delivers the event again, so consumers key their effects on the event id.
+//!
+//! Every event carries a causation depth ([`OutboxEvent::causation_depth`]): 0 unless it was
+//! published inside [`with_causation_depth`], which automation wraps around the steps of a run
+//! so that rules feeding each other can be stopped (the publishing crates need not know).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -39,6 +43,17 @@ pub struct OutboxEvent {
     pub event_type: String,
     pub payload: Value,
     pub created_at: Timestamp,
+    /// How many automation runs led to this event (0: none).
+    pub causation_depth: u32,
+}
+
+tokio::task_local! {
+    static CAUSATION_DEPTH: u32;
+}
+
+/// Runs `work` so that every event it publishes has causation depth `depth`.
+pub async fn with_causation_depth<F: std::future::Future>(depth: u32, work: F) -> F::Output {
+    CAUSATION_DEPTH.scope(depth, work).await
 }
 
 /// Records an event in the caller's transaction: it is relayed only if that transaction commits.
@@ -51,15 +66,17 @@ pub async fn publish(
 ) -> Result<EventId, sqlx::Error> {
     let id = EventId::new();
     let workspace_id: Option<WorkspaceId> = workspace_id.into();
+    let depth = CAUSATION_DEPTH.try_with(|d| *d).unwrap_or(0);
     with_tx!(tx, conn => sqlx::query(
-        "INSERT INTO outbox_events (id, workspace_id, event_type, payload, created_at) \
-         VALUES ($1, $2, $3, $4, $5)",
+        "INSERT INTO outbox_events (id, workspace_id, event_type, payload, created_at, causation_depth) \
+         VALUES ($1, $2, $3, $4, $5, $6)",
     )
     .bind(id)
     .bind(workspace_id)
     .bind(event_type)
     .bind(payload.to_string())
     .bind(Timestamp::now())
+    .bind(i32::try_from(depth).unwrap_or(i32::MAX))
     .execute(conn)
     .await
     .map(|_| ()))?;
@@ -283,20 +300,21 @@ async fn mark_processed(db: &Db, delivery: &DeliveryPayload) -> Result<(), sqlx:
 }
 
 async fn load_event(db: &Db, id: EventId) -> Result<Option<OutboxEvent>, sqlx::Error> {
-    let row: Option<(EventId, Option<WorkspaceId>, String, String, Timestamp)> = with_db!(db, pool => sqlx::query_as(
-            "SELECT id, workspace_id, event_type, payload, created_at FROM outbox_events \
+    let row: Option<(EventId, Option<WorkspaceId>, String, String, Timestamp, i32)> = with_db!(db, pool => sqlx::query_as(
+            "SELECT id, workspace_id, event_type, payload, created_at, causation_depth FROM outbox_events \
              WHERE id = $1",
         )
         .bind(id)
         .fetch_optional(pool)
         .await)?;
     Ok(row.map(
-        |(id, workspace_id, event_type, payload, created_at)| OutboxEvent {
+        |(id, workspace_id, event_type, payload, created_at, depth)| OutboxEvent {
             id,
             workspace_id,
             event_type,
             payload: jobs::parse_payload(&payload),
             created_at,
+            causation_depth: u32::try_from(depth).unwrap_or(0),
         },
     ))
 }
