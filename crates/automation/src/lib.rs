@@ -18,10 +18,12 @@
 pub mod condition;
 pub mod definition;
 pub mod engine;
+pub mod hits;
 pub mod plugins;
 pub mod routes;
 pub mod store;
 pub mod template;
+pub mod timers;
 pub mod trigger_api;
 
 pub use engine::Engine;
