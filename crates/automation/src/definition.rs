@@ -90,10 +90,7 @@ impl Trigger {
             Trigger::Inactivity { after, unless, .. } => {
                 after.iter().chain(unless).map(|k| timer_key(k)).collect()
             }
-            Trigger::Date { .. } => vec![
-                event_key(CONTACT_CREATED),
-                event_key(CONTACT_UPDATED),
-            ],
+            Trigger::Date { .. } => vec![event_key(CONTACT_CREATED), event_key(CONTACT_UPDATED)],
         }
     }
 
@@ -127,7 +124,8 @@ pub fn tracking_key(event_name: &str) -> String {
 
 /// An inactivity entry as an index key: a bare domain event type means `event:<type>`.
 pub fn timer_key(entry: &str) -> String {
-    if entry.starts_with("custom:") || entry.starts_with("tracking:") || entry.starts_with("event:") {
+    if entry.starts_with("custom:") || entry.starts_with("tracking:") || entry.starts_with("event:")
+    {
         entry.to_owned()
     } else {
         event_key(entry)
@@ -151,7 +149,8 @@ fn valid_timer_key(key: &str) -> bool {
     } else if let Some(name) = key.strip_prefix("custom:") {
         valid_trigger_name(name)
     } else {
-        key.strip_prefix("tracking:").is_some_and(valid_tracking_event)
+        key.strip_prefix("tracking:")
+            .is_some_and(valid_tracking_event)
     }
 }
 
@@ -388,7 +387,9 @@ pub fn parse_triggers(raw: &[Value]) -> Result<Vec<Trigger>, ApiError> {
             Trigger::Tracking { event, .. } if !valid_tracking_event(event) => {
                 return Err(ApiError::invalid_field(
                     &format!("{at}.event"),
-                    format!("`{at}.event`: a tracking event name like `purchase` (1 to 100 characters)."),
+                    format!(
+                        "`{at}.event`: a tracking event name like `purchase` (1 to 100 characters)."
+                    ),
                 ));
             }
             Trigger::Inactivity {
@@ -407,13 +408,17 @@ pub fn parse_triggers(raw: &[Value]) -> Result<Vec<Trigger>, ApiError> {
                 {
                     return Err(ApiError::invalid_field(
                         &format!("{at}.field"),
-                        format!("`{at}.field`: a contact custom field of type date or datetime, `custom.<key>`."),
+                        format!(
+                            "`{at}.field`: a contact custom field of type date or datetime, `custom.<key>`."
+                        ),
                     ));
                 }
                 if offset_minutes.abs() > MAX_DATE_OFFSET_MINUTES {
                     return Err(ApiError::invalid_field(
                         &format!("{at}.offset_minutes"),
-                        format!("`{at}.offset_minutes`: at most {MAX_DATE_OFFSET_MINUTES} either way."),
+                        format!(
+                            "`{at}.offset_minutes`: at most {MAX_DATE_OFFSET_MINUTES} either way."
+                        ),
                     ));
                 }
                 if let Some(zone) = time_zone
@@ -459,7 +464,9 @@ fn check_inactivity(
     if after.is_empty() || after.len() > MAX_TRIGGERS || unless.len() > MAX_TRIGGERS {
         return Err(ApiError::invalid_field(
             &format!("{at}.after"),
-            format!("`{at}.after`: 1 to {MAX_TRIGGERS} events that start the timer (`unless`: at most {MAX_TRIGGERS})."),
+            format!(
+                "`{at}.after`: 1 to {MAX_TRIGGERS} events that start the timer (`unless`: at most {MAX_TRIGGERS})."
+            ),
         ));
     }
     for (list, entries) in [("after", after), ("unless", unless)] {
@@ -468,7 +475,9 @@ fn check_inactivity(
             if !valid_timer_key(&key) {
                 return Err(ApiError::invalid_field(
                     &format!("{at}.{list}[{i}]"),
-                    format!("`{at}.{list}[{i}]`: `{entry}` is not a domain event type (`contact.tag_added`), `custom:<name>` or `tracking:<event>`."),
+                    format!(
+                        "`{at}.{list}[{i}]`: `{entry}` is not a domain event type (`contact.tag_added`), `custom:<name>` or `tracking:<event>`."
+                    ),
                 ));
             }
             if list == "unless" && after.iter().any(|a| timer_key(a) == key) {

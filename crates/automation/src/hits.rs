@@ -191,7 +191,9 @@ pub(crate) fn install(engine: &Engine, registry: &mut JobRegistry) {
 async fn on_hit(engine: &Engine, job: &JobContext) -> Result<(), JobError> {
     let hit: TrackedHit = job.payload_as()?;
     let Some(workspace) = job.workspace_id else {
-        return Err(JobError::permanent(anyhow::anyhow!("a hit without a workspace")));
+        return Err(JobError::permanent(anyhow::anyhow!(
+            "a hit without a workspace"
+        )));
     };
     let scope = Scope::system(workspace);
     let contact = match &hit.client_id {

@@ -207,7 +207,9 @@ async fn check_date_fields(db: &Db, scope: &Scope, triggers: &[Trigger]) -> ApiR
         if found.is_none() {
             return Err(ApiError::invalid_field(
                 &format!("triggers[{i}].field"),
-                format!("`triggers[{i}].field`: `{field}` is not a contact custom field of type date or datetime."),
+                format!(
+                    "`triggers[{i}].field`: `{field}` is not a contact custom field of type date or datetime."
+                ),
             ));
         }
     }

@@ -90,7 +90,8 @@ pub(crate) async fn on_event(
                 after,
                 unless,
             } => {
-                let is = |list: &[String]| list.iter().any(|e| definition::timer_key(e) == fired.key);
+                let is =
+                    |list: &[String]| list.iter().any(|e| definition::timer_key(e) == fired.key);
                 if is(after) {
                     let due = fired.at + Duration::from_secs(minutes * 60);
                     set_timer(engine, scope, automation, contact, fired, Some(due)).await?;
@@ -142,10 +143,12 @@ async fn lock_timer(
         Dialect::Postgres => " FOR UPDATE",
         Dialect::Sqlite => "",
     };
-    Ok(with_tx!(tx, conn => sqlx::query_as(sqlx::AssertSqlSafe(format!(
+    Ok(
+        with_tx!(tx, conn => sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "SELECT generation, due_at, since, event_id, depth
          FROM automation_timers WHERE automation_id = $1 AND contact_id = $2{lock}"
-    ))).bind(automation).bind(contact).fetch_optional(conn).await)?)
+    ))).bind(automation).bind(contact).fetch_optional(conn).await)?,
+    )
 }
 
 /// Starts (`due` given) or cancels the rule's timer for the contact, unless the row already
@@ -169,8 +172,8 @@ async fn set_timer(
     let Some(row) = lock_timer(&mut tx, automation, contact).await? else {
         return Ok(());
     };
-    let seen = row.generation > 0
-        && (row.event_id == fired.trigger_event_id || fired.at < row.since);
+    let seen =
+        row.generation > 0 && (row.event_id == fired.trigger_event_id || fired.at < row.since);
     if seen {
         return Ok(());
     }
@@ -279,8 +282,7 @@ async fn fire_inactivity(engine: &Engine, job: &JobContext) -> ApiResult<()> {
         "SELECT generation, due_at, since, event_id, depth
          FROM automation_timers WHERE workspace_id = $1 AND automation_id = $2 AND contact_id = $3",
     ).bind(workspace).bind(payload.automation_id).bind(payload.contact_id).fetch_optional(pool).await)?;
-    let Some(row) = row.filter(|r| r.generation == payload.generation && r.due_at.is_some())
-    else {
+    let Some(row) = row.filter(|r| r.generation == payload.generation && r.due_at.is_some()) else {
         return Ok(()); // superseded, cancelled or already fired
     };
     if let Some((version, definition)) = live_rule(engine, &scope, payload.automation_id).await?
@@ -423,7 +425,10 @@ async fn fire_date(engine: &Engine, job: &JobContext) -> ApiResult<()> {
         Err(e) if e.status.is_client_error() => return Ok(()),
         Err(e) => return Err(e),
     };
-    let key = payload.field.strip_prefix("custom.").unwrap_or(&payload.field);
+    let key = payload
+        .field
+        .strip_prefix("custom.")
+        .unwrap_or(&payload.field);
     if contact.custom.get(key).and_then(Value::as_str) != Some(payload.value.as_str()) {
         tracing::debug!(automation = %payload.automation_id, contact = %contact.id,
             "the date field changed since the job was queued; skipped");
