@@ -468,13 +468,13 @@ mod tests {
     #[test]
     fn dates_and_datetimes_become_instants() {
         let at = field_instant("2026-12-01T15:00:00Z", None).unwrap();
-        assert_eq!(at.to_rfc3339(), "2026-12-01T15:00:00.000Z");
+        assert_eq!(at.to_rfc3339(), "2026-12-01T15:00:00.000000Z");
         let midnight = field_instant("2026-12-01", Some("America/Sao_Paulo")).unwrap();
-        assert_eq!(midnight.to_rfc3339(), "2026-12-01T03:00:00.000Z");
+        assert_eq!(midnight.to_rfc3339(), "2026-12-01T03:00:00.000000Z");
         assert!(field_instant("tomorrow", None).is_none());
         assert_eq!(
             offset_time(at, -60).to_rfc3339(),
-            "2026-12-01T14:00:00.000Z"
+            "2026-12-01T14:00:00.000000Z"
         );
     }
 }
