@@ -36,7 +36,10 @@ pub struct NewAutomation {
     pub name: String,
     /// Default true.
     pub enabled: Option<bool>,
-    /// `{"type": "event", "event": "contact.created"}` or `{"type": "custom", "name": "deal_won"}`.
+    /// `{"type": "event", "event": "contact.created"}`, `{"type": "custom", "name": "deal_won"}`,
+    /// `{"type": "schedule", "cron": "0 9 * * *"}`, `{"type": "tracking", "event": "purchase"}`,
+    /// `{"type": "inactivity", "minutes": 5, "after": […], "unless": […]}` or
+    /// `{"type": "date", "field": "custom.appointment_at", "offset_minutes": -60}` (see `Trigger`).
     #[schema(value_type = Vec<Object>)]
     pub triggers: Vec<Value>,
     #[schema(value_type = Option<Object>)]

@@ -600,5 +600,32 @@ crate::automation_test!(
         assert!(pong_runs.iter().any(|r| r["depth"] == 0), "{pong_runs:?}");
 
         other_workspace_sees_nothing(&app, &s, &ping, skipped["id"].as_str().unwrap()).await;
+
+        // The OpenAPI document knows the new triggers and the skipped status.
+        let doc: Value = app
+            .client
+            .get(app.url("/api/openapi.json"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let trigger = doc["components"]["schemas"]["Trigger"].to_string();
+        for word in [
+            "\"tracking\"",
+            "\"site_id\"",
+            "\"inactivity\"",
+            "\"unless\"",
+            "\"date\"",
+            "\"offset_minutes\"",
+        ] {
+            assert!(
+                trigger.contains(word),
+                "{word} missing from the Trigger schema: {trigger}"
+            );
+        }
+        let status = doc["components"]["schemas"]["RunStatus"].to_string();
+        assert!(status.contains("skipped"), "{status}");
     }
 );
