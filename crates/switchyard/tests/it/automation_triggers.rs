@@ -168,6 +168,13 @@ crate::automation_test!(
             "steps": [{"type": "add_tag", "tag": "elsewhere"}],
         }))
         .await;
+        // "No visit for an hour": page views of a known contact arm its inactivity timer.
+        s.rule(&app, json!({
+            "name": "No visit for an hour",
+            "triggers": [{"type": "inactivity", "minutes": 60, "after": ["tracking:page_view"]}],
+            "steps": [{"type": "add_tag", "tag": "gone-quiet"}],
+        }))
+        .await;
         let (status, known) = app
             .post(
                 &s.path("/contacts"),
@@ -185,7 +192,8 @@ crate::automation_test!(
         )
         .await;
         gtag(&app, "111.222", &[("en", "purchase"), ("epn.value", "5")]).await; // fails the conditions
-        gtag(&app, "111.222", &[("en", "page_view")]).await; // no rule wants it
+        gtag(&app, "111.222", &[("en", "page_view")]).await;
+        gtag(&app, "111.222", &[("en", "scroll")]).await; // no rule wants it
         // A visitor nobody knows: looked up three times, then a run without a contact.
         gtag(&app, "999.888", &[("en", "purchase"), ("epn.value", "40")]).await;
 
@@ -225,7 +233,10 @@ crate::automation_test!(
         // and hit).
         jobs_done(&app, "automation.hit").await;
         let hit_jobs = jobs(&app, "automation.hit").await.len();
-        assert_eq!(hit_jobs, 3, "one per purchase hit");
+        assert_eq!(hit_jobs, 4, "one per purchase and page_view hit");
+        let timers = jobs(&app, "automation.inactivity").await;
+        assert_eq!(timers.len(), 1, "{timers:?}");
+        assert!(timers[0].1.ends_with(&format!("{known}:1")), "{timers:?}");
         with_db!(&app.state.db, pool => sqlx::query("UPDATE jobs SET unique_key = NULL WHERE kind = 'automation.hit'")
         .execute(pool).await.map(|_| ())).unwrap();
         let group = format!("redeliver-{}", uuid::Uuid::now_v7().simple());
@@ -234,7 +245,7 @@ crate::automation_test!(
             .next_batch(500, Duration::from_millis(500))
             .await
             .unwrap();
-        assert_eq!(batch.len(), 4);
+        assert_eq!(batch.len(), 5);
         let engine =
             automation::Engine::new(app.state.db.clone(), automation::Plugins::new(), None);
         let consumer = automation::hits::HitConsumer::new(engine);
@@ -250,6 +261,11 @@ crate::automation_test!(
         .await;
         jobs_done(&app, "automation.hit").await;
         assert_eq!(runs(&app, &s, &rule).await.len(), 2);
+        assert_eq!(
+            jobs(&app, "automation.inactivity").await.len(),
+            1,
+            "a redelivered page view does not restart the timer"
+        );
         assert_eq!(
             tags(&app, &s, &known)
                 .await
