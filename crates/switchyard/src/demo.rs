@@ -1161,6 +1161,7 @@ impl TrafficGenerator {
             site_id: site.site_id,
             workspace_id: site.workspace_id,
             bot: false,
+            ip_truncated: false,
             request,
             hits,
         }

@@ -12,6 +12,7 @@ mod collect;
 pub(crate) mod edge;
 pub mod loader;
 pub mod preview;
+mod record;
 pub mod usage;
 
 use std::net::IpAddr;
@@ -22,34 +23,20 @@ use axum::Router;
 use axum::routing::{any, get, post};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use platform::config::TrackingConfig;
-use platform::id::WorkspaceId;
-use serde::{Deserialize, Serialize};
 
+use crate::RawRequest;
 use crate::log::EventLog;
 use crate::sites::SiteId;
 use crate::sites::directory::SiteDirectory;
-use crate::{Hit, RawRequest};
 
 pub use collect::gateway_fallback;
+pub use record::{LogRecord, hit_id};
 
 platform::typed_id!(
     /// One accepted tracking request in the event log.
     RecordId,
     "rec"
 );
-
-/// What the gateway appends to the event log for each accepted request: the original request
-/// (for byte-faithful forwarding) and the hits parsed from it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct LogRecord {
-    pub id: RecordId,
-    pub site_id: SiteId,
-    pub workspace_id: WorkspaceId,
-    /// The user agent looked like a bot or crawler.
-    pub bot: bool,
-    pub request: RawRequest,
-    pub hits: Vec<Hit>,
-}
 
 /// Everything the gateway's handlers share.
 pub struct Gateway {
