@@ -35,21 +35,124 @@ pub enum Trigger {
         cron: String,
         time_zone: Option<String>,
     },
+    /// A tracking event from the event log (a GA4, Measurement Protocol or Segment hit), e.g.
+    /// `purchase`, of any site of the workspace or of `site_id`. The run's contact is the one
+    /// known by the hit's client id (none if nobody is); filter on parameters with conditions
+    /// on `event.params.*`.
+    Tracking {
+        event: String,
+        site_id: Option<tracking::sites::SiteId>,
+    },
+    /// Fires `minutes` after the latest `after` event of a contact unless an `unless` event of
+    /// that contact came since. Entries are trigger keys: a domain event type
+    /// (`contact.tag_added`, same as `event:contact.tag_added`), `custom:<name>` or
+    /// `tracking:<event>`. At most one per rule.
+    Inactivity {
+        minutes: u64,
+        after: Vec<String>,
+        #[serde(default)]
+        unless: Vec<String>,
+    },
+    /// Fires `offset_minutes` after (negative: before) the date in a contact's custom field of
+    /// type `date` or `datetime` (`custom.appointment_at`); a `date` is midnight in
+    /// `time_zone` (default `UTC`). Scheduled when the field is set or changed; a time already
+    /// past is not fired.
+    Date {
+        field: String,
+        #[serde(default)]
+        offset_minutes: i64,
+        time_zone: Option<String>,
+    },
 }
 
 impl Trigger {
-    /// The key of the trigger index (`automation_triggers.trigger_key`).
+    /// The key of the runs this trigger starts (`automation_runs.trigger_key`).
     pub fn key(&self) -> String {
         match self {
             Trigger::Event { event } => event_key(event),
             Trigger::Custom { name } => custom_key(name),
             Trigger::Schedule { .. } => SCHEDULE_KEY.to_owned(),
+            Trigger::Tracking { event, .. } => tracking_key(event),
+            Trigger::Inactivity { .. } => INACTIVITY_KEY.to_owned(),
+            Trigger::Date { field, .. } => format!("date:{field}"),
+        }
+    }
+
+    /// The keys under which the trigger index lists the rule: the events it starts runs on, or
+    /// (inactivity, date) the events that start, restart or cancel its timers. Schedules are
+    /// platform cron schedules, not in the index.
+    pub fn index_keys(&self) -> Vec<String> {
+        match self {
+            Trigger::Event { .. } | Trigger::Custom { .. } | Trigger::Tracking { .. } => {
+                vec![self.key()]
+            }
+            Trigger::Schedule { .. } => Vec::new(),
+            Trigger::Inactivity { after, unless, .. } => {
+                after.iter().chain(unless).map(|k| timer_key(k)).collect()
+            }
+            Trigger::Date { .. } => vec![event_key(CONTACT_CREATED), event_key(CONTACT_UPDATED)],
+        }
+    }
+
+    /// Whether an event with index key `key` (from site `site`, for tracking hits) starts a run
+    /// of this trigger directly.
+    pub fn starts_on(&self, key: &str, site: Option<tracking::sites::SiteId>) -> bool {
+        match self {
+            Trigger::Event { .. } | Trigger::Custom { .. } => self.key() == key,
+            Trigger::Tracking { site_id, .. } => {
+                self.key() == key && site_id.is_none_or(|s| Some(s) == site)
+            }
+            _ => false,
         }
     }
 }
 
 /// The trigger key of schedule runs (schedules are not in the event index).
 pub const SCHEDULE_KEY: &str = "schedule";
+/// The trigger key of runs started by an inactivity timer.
+pub const INACTIVITY_KEY: &str = "inactivity";
+const CONTACT_CREATED: &str = "contact.created";
+const CONTACT_UPDATED: &str = "contact.updated";
+/// Longest inactivity, in minutes (one year).
+pub const MAX_INACTIVITY_MINUTES: u64 = MAX_WAIT_MINUTES;
+/// Largest date offset, in minutes either way (one year).
+pub const MAX_DATE_OFFSET_MINUTES: i64 = 366 * 24 * 60;
+
+pub fn tracking_key(event_name: &str) -> String {
+    format!("tracking:{event_name}")
+}
+
+/// An inactivity entry as an index key: a bare domain event type means `event:<type>`.
+pub fn timer_key(entry: &str) -> String {
+    if entry.starts_with("custom:") || entry.starts_with("tracking:") || entry.starts_with("event:")
+    {
+        entry.to_owned()
+    } else {
+        event_key(entry)
+    }
+}
+
+/// Whether `name` is a tracking event name we can match: 1 to 100 characters without control
+/// characters or surrounding spaces (GA4 names are letters, digits and `_`; Segment's are free
+/// text, `Order Completed`).
+pub fn valid_tracking_event(name: &str) -> bool {
+    !name.is_empty()
+        && name.chars().count() <= 100
+        && name.trim() == name
+        && !name.chars().any(char::is_control)
+}
+
+/// Checks an inactivity entry (after [`timer_key`]).
+fn valid_timer_key(key: &str) -> bool {
+    if let Some(event) = key.strip_prefix("event:") {
+        valid_event_type(event) && !event.starts_with("automation.")
+    } else if let Some(name) = key.strip_prefix("custom:") {
+        valid_trigger_name(name)
+    } else {
+        key.strip_prefix("tracking:")
+            .is_some_and(valid_tracking_event)
+    }
+}
 
 pub fn event_key(event_type: &str) -> String {
     format!("event:{event_type}")
@@ -246,7 +349,7 @@ pub fn parse_triggers(raw: &[Value]) -> Result<Vec<Trigger>, ApiError> {
         let trigger: Trigger = serde_json::from_value(value.clone()).map_err(|e| {
             ApiError::invalid_field(
                 &at,
-                format!("`{at}`: {e} (supported: `event` with `event`, `custom` with `name`, `schedule` with `cron` and `time_zone`)."),
+                format!("`{at}`: {e} (supported: `event` with `event`, `custom` with `name`, `schedule` with `cron` and `time_zone`, `tracking` with `event` and `site_id`, `inactivity` with `minutes`, `after` and `unless`, `date` with `field`, `offset_minutes` and `time_zone`)."),
             )
         })?;
         match &trigger {
@@ -281,6 +384,52 @@ pub fn parse_triggers(raw: &[Value]) -> Result<Vec<Trigger>, ApiError> {
                     format!("`{at}.name`: 1 to 100 of a-z, 0-9, `_`, `.`, `-`."),
                 ));
             }
+            Trigger::Tracking { event, .. } if !valid_tracking_event(event) => {
+                return Err(ApiError::invalid_field(
+                    &format!("{at}.event"),
+                    format!(
+                        "`{at}.event`: a tracking event name like `purchase` (1 to 100 characters)."
+                    ),
+                ));
+            }
+            Trigger::Inactivity {
+                minutes,
+                after,
+                unless,
+            } => check_inactivity(&at, *minutes, after, unless, &out)?,
+            Trigger::Date {
+                field,
+                offset_minutes,
+                time_zone,
+            } => {
+                if field
+                    .strip_prefix("custom.")
+                    .is_none_or(|k| k.is_empty() || k.contains('.'))
+                {
+                    return Err(ApiError::invalid_field(
+                        &format!("{at}.field"),
+                        format!(
+                            "`{at}.field`: a contact custom field of type date or datetime, `custom.<key>`."
+                        ),
+                    ));
+                }
+                if offset_minutes.abs() > MAX_DATE_OFFSET_MINUTES {
+                    return Err(ApiError::invalid_field(
+                        &format!("{at}.offset_minutes"),
+                        format!(
+                            "`{at}.offset_minutes`: at most {MAX_DATE_OFFSET_MINUTES} either way."
+                        ),
+                    ));
+                }
+                if let Some(zone) = time_zone
+                    && zone.parse::<chrono_tz::Tz>().is_err()
+                {
+                    return Err(ApiError::invalid_field(
+                        &format!("{at}.time_zone"),
+                        format!("`{at}.time_zone`: `{zone}` is not an IANA time zone."),
+                    ));
+                }
+            }
             _ => {}
         }
         if !out.contains(&trigger) {
@@ -290,7 +439,71 @@ pub fn parse_triggers(raw: &[Value]) -> Result<Vec<Trigger>, ApiError> {
     Ok(out)
 }
 
+fn check_inactivity(
+    at: &str,
+    minutes: u64,
+    after: &[String],
+    unless: &[String],
+    earlier: &[Trigger],
+) -> Result<(), ApiError> {
+    if earlier
+        .iter()
+        .any(|t| matches!(t, Trigger::Inactivity { .. }))
+    {
+        return Err(ApiError::invalid_field(
+            at,
+            format!("`{at}`: a rule has at most one inactivity trigger."),
+        ));
+    }
+    if minutes == 0 || minutes > MAX_INACTIVITY_MINUTES {
+        return Err(ApiError::invalid_field(
+            &format!("{at}.minutes"),
+            format!("`{at}.minutes`: 1 to {MAX_INACTIVITY_MINUTES}."),
+        ));
+    }
+    if after.is_empty() || after.len() > MAX_TRIGGERS || unless.len() > MAX_TRIGGERS {
+        return Err(ApiError::invalid_field(
+            &format!("{at}.after"),
+            format!(
+                "`{at}.after`: 1 to {MAX_TRIGGERS} events that start the timer (`unless`: at most {MAX_TRIGGERS})."
+            ),
+        ));
+    }
+    for (list, entries) in [("after", after), ("unless", unless)] {
+        for (i, entry) in entries.iter().enumerate() {
+            let key = timer_key(entry);
+            if !valid_timer_key(&key) {
+                return Err(ApiError::invalid_field(
+                    &format!("{at}.{list}[{i}]"),
+                    format!(
+                        "`{at}.{list}[{i}]`: `{entry}` is not a domain event type (`contact.tag_added`), `custom:<name>` or `tracking:<event>`."
+                    ),
+                ));
+            }
+            if list == "unless" && after.iter().any(|a| timer_key(a) == key) {
+                return Err(ApiError::invalid_field(
+                    &format!("{at}.{list}[{i}]"),
+                    format!("`{at}.{list}[{i}]`: `{entry}` is in `after` too."),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
 impl Definition {
+    /// The rule's inactivity trigger, if any (at most one).
+    pub fn inactivity(&self) -> Option<(u64, &[String], &[String])> {
+        self.triggers.iter().find_map(|t| match t {
+            Trigger::Inactivity {
+                minutes,
+                after,
+                unless,
+            } => Some((*minutes, after.as_slice(), unless.as_slice())),
+            _ => None,
+        })
+    }
+
     /// Checks everything and returns the compiled form.
     pub fn compile(&self, plugins: &Plugins) -> Result<Compiled, ApiError> {
         let conditions = self

@@ -29,7 +29,7 @@ use utoipa::ToSchema;
 
 use crate::definition::{self, Compiled, Instr, Step};
 use crate::plugins::{Plugins, StepContext, StepError};
-use crate::{AutomationId, EVENT_RECEIVED, RunId, store, template};
+use crate::{AutomationId, EVENT_RECEIVED, RunId, hits, store, template, timers};
 
 /// The outbox consumer's name.
 pub const CONSUMER: &str = "automation";
@@ -49,7 +49,13 @@ pub enum RunStatus {
     Waiting,
     Succeeded,
     Failed,
+    /// Not started: loop protection (see [`MAX_DEPTH`]); `error` says why.
+    Skipped,
 }
+
+/// The deepest run a chain of rules may start: an event raised by a run at depth `d` starts
+/// runs at depth `d + 1`; a run deeper than this is recorded as `skipped` instead.
+pub const MAX_DEPTH: u32 = 5;
 
 impl RunStatus {
     fn parse(text: &str) -> RunStatus {
@@ -57,6 +63,7 @@ impl RunStatus {
             "waiting" => RunStatus::Waiting,
             "succeeded" => RunStatus::Succeeded,
             "failed" => RunStatus::Failed,
+            "skipped" => RunStatus::Skipped,
             _ => RunStatus::Running,
         }
     }
@@ -102,6 +109,8 @@ pub struct Run {
     /// The event that fired the rule.
     #[schema(value_type = Object)]
     pub event: Value,
+    /// How many runs led to the trigger event (0: a person, an API client or a hit).
+    pub depth: i32,
     /// Position of the next step.
     pub cursor: i32,
     pub error: Option<String>,
@@ -129,10 +138,11 @@ struct RunRow {
     started_at: Timestamp,
     updated_at: Timestamp,
     finished_at: Option<Timestamp>,
+    depth: i32,
 }
 
 const RUN_COLUMNS: &str = "id, workspace_id, automation_id, version, status, contact_id, \
-     trigger_key, event, cursor, retries, error, started_at, updated_at, finished_at";
+     trigger_key, event, cursor, retries, error, started_at, updated_at, finished_at, depth";
 
 impl RunRow {
     fn into_api(self) -> Run {
@@ -144,6 +154,7 @@ impl RunRow {
             contact_id: self.contact_id,
             trigger: self.trigger_key,
             event: serde_json::from_str(&self.event).unwrap_or(Value::Null),
+            depth: self.depth,
             cursor: self.cursor,
             error: self.error,
             started_at: self.started_at,
@@ -208,6 +219,8 @@ pub struct Engine {
     /// change in this process and every [`WATCH_REFRESH`] from the database (other processes).
     /// `None` until first read: everything is wanted until then.
     watched: Arc<std::sync::RwLock<Option<std::collections::HashSet<String>>>>,
+    /// The tracking event names each workspace's rules want (see [`hits`]).
+    pub(crate) tracking_wanted: Arc<hits::WantedCache>,
 }
 
 /// How often the watched event types are re-read (the longest a rule created through another
@@ -237,6 +250,7 @@ impl Engine {
             plugins: Arc::new(plugins),
             wakeup,
             watched: Arc::default(),
+            tracking_wanted: Arc::default(),
         }
     }
 
@@ -252,6 +266,7 @@ impl Engine {
         if let Ok(mut watched) = self.watched.write() {
             *watched = Some(types);
         }
+        self.tracking_wanted.clear();
         Ok(())
     }
 
@@ -308,9 +323,11 @@ impl Engine {
                 engine: self.clone(),
             },
         );
+        hits::install(self, registry);
+        timers::install(self, registry);
     }
 
-    fn wake(&self) {
+    pub(crate) fn wake(&self) {
         if let Some(w) = &self.wakeup {
             w.notify_one();
         }
@@ -340,14 +357,30 @@ impl Engine {
                 event.id.to_string(),
             )
         };
-        let rules = store::rules_for(&self.db, workspace, &key).await?;
+        self.fire(&Fired {
+            workspace,
+            key,
+            trigger_event_id,
+            event: event_context(&event.event_type, &event.id.to_string(), &event.payload),
+            payload: event.payload.clone(),
+            contact: contact_of(&event.payload),
+            site: None,
+            at: event.created_at,
+            depth: event.causation_depth,
+        })
+        .await
+    }
+
+    /// Starts the runs an event starts directly (one indexed read of the rules by its key),
+    /// moves each as far as it goes now, and moves the timers of inactivity and date triggers.
+    pub(crate) async fn fire(&self, fired: &Fired) -> ApiResult<()> {
+        let rules = store::rules_for(&self.db, fired.workspace, &fired.key).await?;
         if rules.is_empty() {
             return Ok(());
         }
-        let scope = Scope::system(workspace);
-        let event_value = event_context(&event.event_type, &event.id.to_string(), &event.payload);
-        let contact = contact_of(&event.payload);
-        let context = self.context(&scope, contact, &event_value).await?;
+        let scope = Scope::system(fired.workspace);
+        let context = self.context(&scope, fired.contact, &fired.event).await?;
+        let live_contact = contact_id_in(&context);
         for (automation, version, definition) in rules {
             let compiled = match definition.compile(&self.plugins) {
                 Ok(c) => c,
@@ -356,6 +389,17 @@ impl Engine {
                     continue;
                 }
             };
+            if let Some(contact) = live_contact {
+                timers::on_event(self, &scope, automation, &compiled.triggers, fired, contact)
+                    .await?;
+            }
+            if !compiled
+                .triggers
+                .iter()
+                .any(|t| t.starts_on(&fired.key, fired.site))
+            {
+                continue;
+            }
             if let Some(conditions) = &compiled.conditions
                 && !conditions.evaluate(&context)
             {
@@ -366,10 +410,11 @@ impl Engine {
                     &scope,
                     automation,
                     version,
-                    contact_id_in(&context).or(contact),
-                    &key,
-                    &trigger_event_id,
-                    &event_value,
+                    live_contact.or(fired.contact),
+                    &fired.key,
+                    &fired.trigger_event_id,
+                    &fired.event,
+                    fired.depth,
                 )
                 .await?;
             self.advance(&scope, run).await?;
@@ -419,14 +464,16 @@ impl Engine {
                 // The job's id, not its `run_at`: a retried job keeps its id but not its time.
                 &format!("schedule:{job}"),
                 &event,
+                0,
             )
             .await?;
         self.advance(&scope, run).await
     }
 
-    /// Inserts the run (once per rule and trigger event) and returns its id.
+    /// Inserts the run (once per rule and trigger event) and returns its id. A run deeper than
+    /// [`MAX_DEPTH`] is inserted as `skipped`, finished, with the reason as its error.
     #[allow(clippy::too_many_arguments)]
-    async fn start_run(
+    pub(crate) async fn start_run(
         &self,
         scope: &Scope,
         automation: AutomationId,
@@ -435,15 +482,29 @@ impl Engine {
         key: &str,
         trigger_event_id: &str,
         event: &Value,
+        depth: u32,
     ) -> ApiResult<RunId> {
         let now = Timestamp::now();
+        let (status, error, finished) = if depth > MAX_DEPTH {
+            tracing::warn!(%automation, depth, "automation loop protection: run skipped");
+            (
+                "skipped",
+                Some(format!(
+                    "loop protection: the trigger event was raised by a chain of {depth} automation runs (at most {MAX_DEPTH})"
+                )),
+                Some(now),
+            )
+        } else {
+            ("running", None, None)
+        };
         let inserted: Option<RunId> = with_db!(&self.db, pool => sqlx::query_scalar(
             "INSERT INTO automation_runs (id, workspace_id, automation_id, version, status, contact_id,
-                trigger_key, trigger_event_id, event, cursor, started_at, updated_at)
-             VALUES ($1, $2, $3, $4, 'running', $5, $6, $7, $8, 0, $9, $9)
+                trigger_key, trigger_event_id, event, cursor, started_at, updated_at, error, finished_at, depth)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 0, $10, $10, $11, $12, $13)
              ON CONFLICT (automation_id, trigger_event_id) DO NOTHING RETURNING id",
-        ).bind(RunId::new()).bind(scope.workspace_id).bind(automation).bind(version).bind(contact)
-         .bind(key).bind(trigger_event_id).bind(event.to_string()).bind(now)
+        ).bind(RunId::new()).bind(scope.workspace_id).bind(automation).bind(version).bind(status)
+         .bind(contact).bind(key).bind(trigger_event_id).bind(event.to_string()).bind(now)
+         .bind(&error).bind(finished).bind(i32::try_from(depth).unwrap_or(i32::MAX))
          .fetch_optional(pool).await)?;
         if let Some(id) = inserted {
             metrics_run_started();
@@ -457,7 +518,7 @@ impl Engine {
 
     /// The context templates and conditions see: `contact` (with `email` and `phone`, the
     /// primary ones), `event`, and `deal` when the event names one.
-    async fn context(
+    pub(crate) async fn context(
         &self,
         scope: &Scope,
         contact: Option<ContactId>,
@@ -512,7 +573,7 @@ impl Engine {
     // The executor
 
     /// Moves a running run forward until it finishes, fails or parks.
-    pub async fn advance(&self, scope: &Scope, run: RunId) -> ApiResult<()> {
+    pub(crate) async fn advance(&self, scope: &Scope, run: RunId) -> ApiResult<()> {
         loop {
             match self.step_once(scope, run).await? {
                 Moved::Continue => continue,
@@ -685,7 +746,13 @@ impl Engine {
             }
             internal => {
                 savepoint(tx, "SAVEPOINT automation_step").await?;
-                let applied = apply_internal(tx, scope, run, internal, &context).await;
+                // The step's domain events carry the depth of the runs they may start.
+                let depth = u32::try_from(run.depth).unwrap_or(0).saturating_add(1);
+                let applied = platform::outbox::with_causation_depth(
+                    depth,
+                    apply_internal(tx, scope, run, internal, &context),
+                )
+                .await;
                 match applied {
                     Ok((input, output)) => {
                         savepoint(tx, "RELEASE SAVEPOINT automation_step").await?;
@@ -962,7 +1029,7 @@ impl Engine {
         let payload = Value::Object(payload);
         let event = event_context(&event_type, "evt_dry_run", &payload);
         let context = self.context(scope, contact_of(&payload), &event).await?;
-        let trigger_matches = compiled.triggers.iter().any(|t| t.key() == key);
+        let trigger_matches = compiled.triggers.iter().any(|t| t.starts_on(&key, None));
         let conditions_pass = compiled
             .conditions
             .as_ref()
@@ -1032,6 +1099,29 @@ pub struct DryRun {
     pub steps: Vec<Value>,
 }
 
+/// An event that may start runs or move timers: a domain event, a trigger API event, a
+/// tracking hit.
+pub(crate) struct Fired {
+    pub workspace: WorkspaceId,
+    /// Its key in the trigger index (`event:contact.created`, `custom:deal_won`,
+    /// `tracking:purchase`).
+    pub key: String,
+    /// What makes a run unique per rule (the outbox event's id, the trigger API's `event_id`,
+    /// the hit's id).
+    pub trigger_event_id: String,
+    /// The event as templates and conditions see it.
+    pub event: Value,
+    /// The outbox payload (date triggers read the changed field from it).
+    pub payload: Value,
+    pub contact: Option<ContactId>,
+    /// The site of a tracking hit.
+    pub site: Option<tracking::sites::SiteId>,
+    /// When it happened (timers count from here).
+    pub at: Timestamp,
+    /// Its causation depth (see [`MAX_DEPTH`]).
+    pub depth: u32,
+}
+
 /// The event as templates see it: the payload's fields plus `type` and `id`.
 fn event_context(event_type: &str, id: &str, payload: &Value) -> Value {
     let mut map = payload.as_object().cloned().unwrap_or_default();
@@ -1057,7 +1147,7 @@ fn contact_of(payload: &Value) -> Option<ContactId> {
         .find_map(|s| s.parse().ok())
 }
 
-fn contact_id_in(context: &Value) -> Option<ContactId> {
+pub(crate) fn contact_id_in(context: &Value) -> Option<ContactId> {
     context
         .get("contact")
         .and_then(|c| c.get("id"))

@@ -6,6 +6,9 @@
 //!   indexed read of `automation_triggers` per event (by trigger key, `event:contact.created` or
 //!   `custom:deal_won`) finds every enabled rule, however many there are. Custom events come in
 //!   through the trigger API ([`trigger_api`]), which publishes `automation.event_received`.
+//!   Tracking hits come from the event log ([`hits`], its own consumer group); inactivity and
+//!   date triggers are durable timers ([`timers`]); schedules are platform cron schedules.
+//!   Runs carry a causation depth so rules that feed each other stop ([`engine::MAX_DEPTH`]).
 //! - **Runs** ([`engine`]) execute a rule's steps compiled into a small program (if/else become
 //!   forward jumps). Internal steps (CRM changes, branches) apply in the transaction that moves
 //!   the run's cursor, inside a savepoint, so progress and effects commit together and a step
@@ -18,10 +21,12 @@
 pub mod condition;
 pub mod definition;
 pub mod engine;
+pub mod hits;
 pub mod plugins;
 pub mod routes;
 pub mod store;
 pub mod template;
+pub mod timers;
 pub mod trigger_api;
 
 pub use engine::Engine;

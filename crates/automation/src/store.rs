@@ -36,7 +36,10 @@ pub struct NewAutomation {
     pub name: String,
     /// Default true.
     pub enabled: Option<bool>,
-    /// `{"type": "event", "event": "contact.created"}` or `{"type": "custom", "name": "deal_won"}`.
+    /// `{"type": "event", "event": "contact.created"}`, `{"type": "custom", "name": "deal_won"}`,
+    /// `{"type": "schedule", "cron": "0 9 * * *"}`, `{"type": "tracking", "event": "purchase"}`,
+    /// `{"type": "inactivity", "minutes": 5, "after": […], "unless": […]}` or
+    /// `{"type": "date", "field": "custom.appointment_at", "offset_minutes": -60}` (see `Trigger`).
     #[schema(value_type = Vec<Object>)]
     pub triggers: Vec<Value>,
     #[schema(value_type = Option<Object>)]
@@ -176,14 +179,42 @@ async fn index_triggers(
     if !enabled {
         return Ok(());
     }
-    for trigger in triggers
-        .iter()
-        .filter(|t| !matches!(t, Trigger::Schedule { .. }))
-    {
+    for key in triggers.iter().flat_map(Trigger::index_keys) {
         with_tx!(&mut *tx, conn => sqlx::query(
             "INSERT INTO automation_triggers (workspace_id, trigger_key, automation_id) VALUES ($1, $2, $3)
              ON CONFLICT DO NOTHING",
-        ).bind(scope.workspace_id).bind(trigger.key()).bind(id).execute(conn).await.map(|_| ()))?;
+        ).bind(scope.workspace_id).bind(key).bind(id).execute(conn).await.map(|_| ()))?;
+    }
+    Ok(())
+}
+
+/// Checks that every `date` trigger names a contact custom field of type date or datetime.
+async fn check_date_fields(db: &Db, scope: &Scope, triggers: &[Trigger]) -> ApiResult<()> {
+    let mut fields = None;
+    for (i, trigger) in triggers.iter().enumerate() {
+        let Trigger::Date { field, .. } = trigger else {
+            continue;
+        };
+        if fields.is_none() {
+            fields = Some(crm::fields::list(db, scope).await?);
+        }
+        let key = field.strip_prefix("custom.").unwrap_or(field);
+        let found = fields.iter().flatten().find(|f| {
+            f.entity == crm::fields::Entity::Contact
+                && f.key == key
+                && matches!(
+                    f.field_type,
+                    crm::fields::FieldType::Date | crm::fields::FieldType::Datetime
+                )
+        });
+        if found.is_none() {
+            return Err(ApiError::invalid_field(
+                &format!("triggers[{i}].field"),
+                format!(
+                    "`triggers[{i}].field`: `{field}` is not a contact custom field of type date or datetime."
+                ),
+            ));
+        }
     }
     Ok(())
 }
@@ -222,6 +253,7 @@ pub async fn create(
 ) -> ApiResult<Automation> {
     let name = check_name(&req.name)?;
     let definition = check_definition(plugins, &req.triggers, req.conditions, req.steps)?;
+    check_date_fields(db, scope, &definition.triggers).await?;
     let mut tx = db.begin().await?;
     let created = insert(
         &mut tx,
@@ -301,6 +333,7 @@ pub async fn update(
             req.conditions.unwrap_or(before.conditions),
             req.steps.unwrap_or(before.steps),
         )?;
+        check_date_fields(db, scope, &definition.triggers).await?;
         version += 1;
         insert_version(&mut tx, scope, id, version, &definition, now).await?;
         triggers = definition.triggers;

@@ -276,6 +276,12 @@ pub async fn run(
             hits.run(log, token).await;
             Ok(())
         });
+        let rule_hits = Arc::new(automation::hits::HitConsumer::new(app.automation.clone()));
+        let (log, token) = (app.log.clone(), shutdown.clone());
+        background.spawn(async move {
+            rule_hits.run(log, token).await;
+            Ok(())
+        });
     }
     let refresh = Duration::from_secs(state.config.tracking.directory_refresh_seconds.max(1));
     let (directory, token) = (app.directory.clone(), shutdown.clone());

@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 use crate::support::{Backend, TestApp, User};
 
 /// Test settings: fast polling, loopback receivers allowed.
-async fn spawn(backend: Backend) -> Option<TestApp> {
+pub(crate) async fn spawn(backend: Backend) -> Option<TestApp> {
     TestApp::spawn_with(backend, |c: &mut Config| {
         c.jobs.poll_interval_ms = 50;
         c.webhooks.allow_private_destinations = true;
@@ -22,6 +22,8 @@ async fn spawn(backend: Backend) -> Option<TestApp> {
     .await
 }
 
+/// One test per backend with [`spawn`]'s settings (the invoking module imports `spawn`).
+#[macro_export]
 macro_rules! automation_test {
     ($name:ident, |$app:ident| $body:expr) => {
         mod $name {
@@ -49,7 +51,7 @@ macro_rules! automation_test {
 }
 
 /// Polls `probe` until it returns `Some`, for up to 20 s.
-async fn eventually<T, F, Fut>(what: &str, mut probe: F) -> T
+pub(crate) async fn eventually<T, F, Fut>(what: &str, mut probe: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
@@ -64,23 +66,23 @@ where
     }
 }
 
-struct Setup {
-    owner: User,
-    ws: String,
+pub(crate) struct Setup {
+    pub owner: User,
+    pub ws: String,
 }
 
-async fn setup(app: &TestApp, name: &str) -> Setup {
+pub(crate) async fn setup(app: &TestApp, name: &str) -> Setup {
     let owner = app.signup(&format!("{name}@example.com")).await;
     let ws = app.workspace(&owner, name).await;
     Setup { owner, ws }
 }
 
 impl Setup {
-    fn path(&self, rest: &str) -> String {
+    pub(crate) fn path(&self, rest: &str) -> String {
         format!("/api/v1/workspaces/{}{rest}", self.ws)
     }
 
-    async fn rule(&self, app: &TestApp, body: Value) -> String {
+    pub(crate) async fn rule(&self, app: &TestApp, body: Value) -> String {
         let (status, rule) = app
             .post(&self.path("/automations"), &self.owner.token, body)
             .await;
@@ -88,7 +90,7 @@ impl Setup {
         rule["id"].as_str().unwrap().to_owned()
     }
 
-    async fn event(&self, app: &TestApp, body: Value) -> Value {
+    pub(crate) async fn event(&self, app: &TestApp, body: Value) -> Value {
         let (status, accepted) = app
             .post(&self.path("/automations/events"), &self.owner.token, body)
             .await;
@@ -96,8 +98,8 @@ impl Setup {
         accepted
     }
 
-    /// Waits until the rule has `n` runs that have finished (succeeded or failed).
-    async fn settled_runs(&self, app: &TestApp, rule: &str, n: usize) -> Vec<Value> {
+    /// Waits until the rule has `n` runs that have finished (succeeded, failed or skipped).
+    pub(crate) async fn settled_runs(&self, app: &TestApp, rule: &str, n: usize) -> Vec<Value> {
         eventually(&format!("{n} settled run(s)"), || async {
             let (_, page) = app
                 .get(
@@ -106,13 +108,15 @@ impl Setup {
                 )
                 .await;
             let runs = page["data"].as_array().cloned().unwrap_or_default();
-            let finished = |r: &Value| r["status"] == "succeeded" || r["status"] == "failed";
+            let finished = |r: &Value| {
+                r["status"] == "succeeded" || r["status"] == "failed" || r["status"] == "skipped"
+            };
             (runs.len() >= n && runs.iter().all(finished)).then_some(runs)
         })
         .await
     }
 
-    async fn run(&self, app: &TestApp, rule: &str, run: &str) -> Value {
+    pub(crate) async fn run(&self, app: &TestApp, rule: &str, run: &str) -> Value {
         let (status, run) = app
             .get(
                 &self.path(&format!("/automations/{rule}/runs/{run}")),
@@ -123,7 +127,7 @@ impl Setup {
         run
     }
 
-    async fn contact(&self, app: &TestApp, id: &str) -> Value {
+    pub(crate) async fn contact(&self, app: &TestApp, id: &str) -> Value {
         let (status, contact) = app
             .get(&self.path(&format!("/contacts/{id}")), &self.owner.token)
             .await;
@@ -131,7 +135,7 @@ impl Setup {
         contact
     }
 
-    async fn new_contact(&self, app: &TestApp, email: &str) -> String {
+    pub(crate) async fn new_contact(&self, app: &TestApp, email: &str) -> String {
         let (status, body) = app
             .post(
                 &self.path("/contacts"),

@@ -7,6 +7,7 @@ mod accounts;
 mod activities;
 mod analytics;
 mod automation;
+mod automation_triggers;
 mod capture;
 mod cli;
 mod collect;

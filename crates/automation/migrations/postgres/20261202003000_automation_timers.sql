@@ -1,0 +1,22 @@
+-- Loop protection: how many runs led to the event that started this run (see design.md).
+ALTER TABLE automation_runs ADD COLUMN depth INTEGER NOT NULL DEFAULT 0;
+
+-- The inactivity timer of a rule for one contact. Every `after` event that is newer than
+-- `since` bumps `generation` and re-arms `due_at`; an `unless` event bumps it and disarms. The
+-- delayed job of a timer carries its generation, so a superseded job finds another one here and
+-- does nothing.
+CREATE TABLE automation_timers (
+    automation_id UUID NOT NULL REFERENCES automations(id) ON DELETE CASCADE,
+    contact_id    UUID NOT NULL,
+    workspace_id  UUID NOT NULL,
+    generation    BIGINT NOT NULL,
+    -- When the timer fires; NULL when cancelled or fired.
+    due_at        TIMESTAMPTZ,
+    -- The time and id of the latest event that started or cancelled the timer.
+    since         TIMESTAMPTZ NOT NULL,
+    event_id      TEXT NOT NULL,
+    -- The causation depth of that event, for the run the timer starts.
+    depth         INTEGER NOT NULL DEFAULT 0,
+    updated_at    TIMESTAMPTZ NOT NULL,
+    PRIMARY KEY (automation_id, contact_id)
+);
