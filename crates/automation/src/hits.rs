@@ -101,13 +101,21 @@ impl HitConsumer {
     async fn process_batch(&self, batch: &[Delivery]) -> anyhow::Result<()> {
         let mut new_jobs = Vec::new();
         for delivery in batch {
+            // The workspace's wanted events first: most records match no trigger, and reading
+            // a whole record parses its request again.
+            let Some(header) = LogRecord::peek(&delivery.payload) else {
+                continue;
+            };
+            if header.bot {
+                continue;
+            }
+            let wanted = self.wanted(header.workspace_id).await?;
+            if wanted.is_empty() {
+                continue;
+            }
             let Ok(record) = serde_json::from_slice::<LogRecord>(&delivery.payload) else {
                 continue;
             };
-            if record.bot {
-                continue;
-            }
-            let wanted = self.wanted(record.workspace_id).await?;
             for hit in record
                 .hits
                 .iter()

@@ -71,7 +71,22 @@ struct Stored {
     hits: Option<Vec<Hit>>,
 }
 
+/// The facts a consumer filters on, read without parsing the request (see [`LogRecord::peek`]).
+#[derive(Debug, Clone, Copy, Deserialize)]
+pub struct RecordHeader {
+    pub site_id: SiteId,
+    pub workspace_id: WorkspaceId,
+    #[serde(default)]
+    pub bot: bool,
+}
+
 impl LogRecord {
+    /// The record's site, workspace and bot flag, without parsing its request again: a consumer
+    /// that wants nothing of a workspace skips the record for the price of a JSON scan.
+    pub fn peek(bytes: &[u8]) -> Option<RecordHeader> {
+        serde_json::from_slice(bytes).ok()
+    }
+
     /// A record of the hits the gateway parsed from `request`; gives each hit its derived id.
     pub fn parsed(
         site_id: SiteId,
