@@ -34,64 +34,19 @@ type Params<'a> = BTreeMap<&'a str, &'a str>;
 /// Fails as a whole when any event is invalid: gtag produces well-formed batches, so a broken
 /// line means the sender is not gtag and the request is not worth keeping half of.
 pub fn parse(raw: &RawRequest) -> Result<Vec<Hit>, ParseError> {
-    let is_post = match raw.method.as_str() {
-        "POST" => true,
-        "GET" => false,
-        other => {
-            return Err(ParseError::MethodNotAllowed {
-                method: other.to_owned(),
-                allowed: "GET or POST",
-            });
-        }
-    };
-    if raw.query.len() > MAX_LINE_BYTES {
-        return Err(ParseError::LineTooLong {
-            line: None,
-            len: raw.query.len(),
-            max: MAX_LINE_BYTES,
-        });
-    }
-    if raw.body.len() > MAX_BODY_BYTES {
-        return Err(ParseError::PayloadTooLarge {
-            len: raw.body.len(),
-            max: MAX_BODY_BYTES,
-        });
-    }
-    // A GET has no meaningful body; ignoring one is what Google's endpoint does too.
-    let lines = if is_post {
-        body_lines(&raw.body)
-    } else {
-        Vec::new()
-    };
-    if lines.len() > MAX_EVENTS {
-        return Err(ParseError::TooManyEvents {
-            count: lines.len(),
-            max: MAX_EVENTS,
-        });
-    }
-    if let Some((index, line)) = lines
-        .iter()
-        .enumerate()
-        .find(|(_, l)| l.len() > MAX_LINE_BYTES)
-    {
-        return Err(ParseError::LineTooLong {
-            line: Some(index),
-            len: line.len(),
-            max: MAX_LINE_BYTES,
-        });
-    }
-
-    let shared: Pairs<'_> = form_urlencoded::parse(raw.query.as_bytes()).collect();
+    let request = Split::new(raw)?;
     // Sorted once per request; each event line copies it and lays its own parameters over it.
     // Later wins: a repeated parameter overrides its earlier occurrence.
-    let shared_map: Params<'_> = shared
+    let shared_map: Params<'_> = request
+        .shared
         .iter()
         .map(|(k, v)| (k.as_ref(), v.as_ref()))
         .collect();
-    if lines.is_empty() {
+    if request.lines.is_empty() {
         return Ok(vec![build_hit(raw, &shared_map, None)?]);
     }
-    lines
+    request
+        .lines
         .iter()
         .enumerate()
         .map(|(index, line)| {
@@ -101,6 +56,167 @@ pub fn parse(raw: &RawRequest) -> Result<Vec<Hit>, ParseError> {
             build_hit(raw, &merged, Some(index))
         })
         .collect()
+}
+
+/// What the gateway needs to know of a `/g/collect` request before it stores it: that
+/// [`parse`] accepts it, how many events it carries, and the measurement ids they name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Checked {
+    pub events: usize,
+    /// Distinct `tid`s, in the order the events name them (gtag sends one).
+    pub measurement_ids: Vec<String>,
+}
+
+/// Checks a request exactly as [`parse`] does (same limits, same per-event requirements, same
+/// errors, since both go through [`Split::new`] and [`required`]) without building its hits.
+/// [`parse`]'s only failures are those two, so `check(r).is_ok() == parse(r).is_ok()`, with
+/// `events` its number of hits: the gateway stores the request and readers parse it again
+/// (see `gateway::record`), so building hits on the request path would be wasted work.
+pub fn check(raw: &RawRequest) -> Result<Checked, ParseError> {
+    let request = Split::new(raw)?;
+    // The last occurrence wins, as in `parse`'s maps.
+    let shared = Required::from_pairs(&request.shared);
+    let mut measurement_ids: Vec<String> = Vec::new();
+    let mut note = |tid: &str| {
+        if !measurement_ids.iter().any(|m| m == tid) {
+            measurement_ids.push(tid.to_owned());
+        }
+    };
+    if request.lines.is_empty() {
+        note(required(shared, None)?.0);
+    }
+    for (index, line) in request.lines.iter().enumerate() {
+        let own: Pairs<'_> = form_urlencoded::parse(line).collect();
+        let own = Required::from_pairs(&own);
+        note(required(own.over(shared), Some(index))?.0);
+    }
+    Ok(Checked {
+        events: request.lines.len().max(1),
+        measurement_ids,
+    })
+}
+
+/// A request cut into its URL parameters and body lines, within the limits.
+struct Split<'a> {
+    shared: Pairs<'a>,
+    /// Empty: the URL alone is the one event.
+    lines: Vec<&'a [u8]>,
+}
+
+impl<'a> Split<'a> {
+    fn new(raw: &'a RawRequest) -> Result<Self, ParseError> {
+        let is_post = match raw.method.as_str() {
+            "POST" => true,
+            "GET" => false,
+            other => {
+                return Err(ParseError::MethodNotAllowed {
+                    method: other.to_owned(),
+                    allowed: "GET or POST",
+                });
+            }
+        };
+        if raw.query.len() > MAX_LINE_BYTES {
+            return Err(ParseError::LineTooLong {
+                line: None,
+                len: raw.query.len(),
+                max: MAX_LINE_BYTES,
+            });
+        }
+        if raw.body.len() > MAX_BODY_BYTES {
+            return Err(ParseError::PayloadTooLarge {
+                len: raw.body.len(),
+                max: MAX_BODY_BYTES,
+            });
+        }
+        // A GET has no meaningful body; ignoring one is what Google's endpoint does too.
+        let lines = if is_post {
+            body_lines(&raw.body)
+        } else {
+            Vec::new()
+        };
+        if lines.len() > MAX_EVENTS {
+            return Err(ParseError::TooManyEvents {
+                count: lines.len(),
+                max: MAX_EVENTS,
+            });
+        }
+        if let Some((index, line)) = lines
+            .iter()
+            .enumerate()
+            .find(|(_, l)| l.len() > MAX_LINE_BYTES)
+        {
+            return Err(ParseError::LineTooLong {
+                line: Some(index),
+                len: line.len(),
+                max: MAX_LINE_BYTES,
+            });
+        }
+        Ok(Split {
+            shared: form_urlencoded::parse(raw.query.as_bytes()).collect(),
+            lines,
+        })
+    }
+}
+
+/// The parameters every event must have, as one event sees them (`None`: absent).
+#[derive(Clone, Copy, Default)]
+struct Required<'a> {
+    v: Option<&'a str>,
+    tid: Option<&'a str>,
+    en: Option<&'a str>,
+}
+
+impl<'a> Required<'a> {
+    /// The last occurrence of each in a list of pairs.
+    fn from_pairs(pairs: &'a [(Cow<'a, str>, Cow<'a, str>)]) -> Self {
+        let mut found = Required::default();
+        for (key, value) in pairs {
+            let slot = match key.as_ref() {
+                "v" => &mut found.v,
+                "tid" => &mut found.tid,
+                "en" => &mut found.en,
+                _ => continue,
+            };
+            *slot = Some(value.as_ref());
+        }
+        found
+    }
+
+    /// A body line's parameters laid over the URL's.
+    fn over(self, shared: Required<'a>) -> Required<'a> {
+        Required {
+            v: self.v.or(shared.v),
+            tid: self.tid.or(shared.tid),
+            en: self.en.or(shared.en),
+        }
+    }
+}
+
+/// Checks the parameters every event needs: `v=2`, a GA4 `tid` and an event name; returns the
+/// measurement id and the event name.
+fn required<'a>(
+    params: Required<'a>,
+    event: Option<usize>,
+) -> Result<(&'a str, &'a str), ParseError> {
+    match params.v {
+        None => return Err(ParseError::missing("v", event)),
+        Some("2") => {}
+        Some(other) => {
+            return Err(ParseError::UnsupportedVersion {
+                found: other.to_owned(),
+            });
+        }
+    }
+    let tid = non_empty(params.tid).ok_or(ParseError::missing("tid", event))?;
+    if !is_measurement_id(tid) {
+        return Err(ParseError::invalid(
+            "tid",
+            event,
+            format!("`{tid}` is not a GA4 measurement id (G-XXXXXXXXXX)"),
+        ));
+    }
+    let en = non_empty(params.en).ok_or(ParseError::missing("en", event))?;
+    Ok((tid, en))
 }
 
 /// The body's non-empty lines, each trimmed (which also drops the `\r` of CRLF).
@@ -117,24 +233,14 @@ fn build_hit(
     merged: &Params<'_>,
     event: Option<usize>,
 ) -> Result<Hit, ParseError> {
-    match merged.get("v") {
-        None => return Err(ParseError::missing("v", event)),
-        Some(&"2") => {}
-        Some(other) => {
-            return Err(ParseError::UnsupportedVersion {
-                found: (*other).to_owned(),
-            });
-        }
-    }
-    let tid = non_empty(merged.get("tid").copied()).ok_or(ParseError::missing("tid", event))?;
-    if !is_measurement_id(tid) {
-        return Err(ParseError::invalid(
-            "tid",
-            event,
-            format!("`{tid}` is not a GA4 measurement id (G-XXXXXXXXXX)"),
-        ));
-    }
-    let en = non_empty(merged.get("en").copied()).ok_or(ParseError::missing("en", event))?;
+    let (tid, en) = required(
+        Required {
+            v: merged.get("v").copied(),
+            tid: merged.get("tid").copied(),
+            en: merged.get("en").copied(),
+        },
+        event,
+    )?;
 
     let mut hit = HitFields::new(Protocol::Ga4, en, raw.received_at);
     hit.measurement_id = Some(tid.to_owned());

@@ -87,9 +87,15 @@ impl RawRequest {
 
     /// Adds a header if it is one worth keeping (the gateway calls this for every header).
     pub fn push_header(&mut self, name: &str, value: &str) {
-        let name = name.to_ascii_lowercase();
+        // HTTP/1 header names reach us lower-cased already (the `http` crate's `HeaderName`):
+        // most headers are dropped, and they should cost no allocation for it.
+        let name = if name.bytes().any(|b| b.is_ascii_uppercase()) {
+            std::borrow::Cow::Owned(name.to_ascii_lowercase())
+        } else {
+            std::borrow::Cow::Borrowed(name)
+        };
         if keeps_header(&name, value) {
-            self.headers.push((name, value.to_owned()));
+            self.headers.push((name.into_owned(), value.to_owned()));
         }
     }
 

@@ -338,7 +338,62 @@ fn arbitrary_input_never_panics() {
             .map(|_| char::from(ALPHABET[(next() % 30) as usize]))
             .collect();
         let query = format!("v=2&tid=G-ABC123&{tail}");
-        let _ = parse(&request("POST", &query, &body));
-        let _ = parse(&request("GET", &tail, &body));
+        agrees(&request("POST", &query, &body));
+        agrees(&request("GET", &tail, &body));
     }
+}
+
+/// `check` says what `parse` would: the same error, or as many events with the same ids.
+#[track_caller]
+fn agrees(raw: &RawRequest) {
+    match (parse(raw), check(raw)) {
+        (Ok(hits), Ok(checked)) => {
+            assert_eq!(checked.events, hits.len(), "{raw:?}");
+            let mut ids: Vec<String> = Vec::new();
+            for id in hits.iter().filter_map(|h| h.measurement_id.clone()) {
+                if !ids.contains(&id) {
+                    ids.push(id);
+                }
+            }
+            assert_eq!(checked.measurement_ids, ids, "{raw:?}");
+        }
+        (Err(parsed), Err(checked)) => assert_eq!(checked, parsed, "{raw:?}"),
+        (parsed, checked) => panic!("parse {parsed:?} but check {checked:?} for {raw:?}"),
+    }
+}
+
+#[test]
+fn check_agrees_with_parse() {
+    let cases: &[(&str, &str, &str)] = &[
+        ("POST", QUERY, BODY),
+        ("GET", QUERY, ""),
+        ("GET", "tid=G-ABC123&en=e", ""),
+        ("GET", "v=1&tid=G-ABC123&en=e", ""),
+        ("GET", "v=2&en=e", ""),
+        ("GET", "v=2&tid=UA-12345-1&en=e", ""),
+        ("GET", "v=2&tid=G-ABC123&en=", ""),
+        ("POST", "v=2&tid=G-ABC123", "en=ok\nep.a=1\n"),
+        ("POST", "v=2&tid=G-ABC123", "en=ok&v=3"),
+        // A line names another measurement id; one overrides its own `tid` again.
+        (
+            "POST",
+            "v=2&tid=G-ABC123",
+            "en=a\nen=b&tid=G-OTHER1\nen=c&tid=G-X&tid=G-ABC123",
+        ),
+        // Encoded keys are decoded before they count.
+        ("GET", "%76=2&t%69d=G-ABC123&en=e", ""),
+        ("POST", "v=2&tid=G-ABC123&en=url", "\r\n  \n"),
+        ("PUT", "v=2&tid=G-ABC123&en=e", ""),
+    ];
+    for (method, query, body) in cases {
+        agrees(&request(method, query, body.as_bytes()));
+    }
+    let checked = check(&request(
+        "POST",
+        "v=2&tid=G-ABC123",
+        b"en=a\nen=b&tid=G-OTHER1",
+    ))
+    .unwrap();
+    assert_eq!(checked.events, 2);
+    assert_eq!(checked.measurement_ids, ["G-ABC123", "G-OTHER1"]);
 }

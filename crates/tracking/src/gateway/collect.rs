@@ -10,10 +10,10 @@ use axum::response::{IntoResponse, Response};
 use platform::ApiError;
 
 use super::edge::{self, cors_headers, is_preflight, preflight};
-use super::{Gateway, LogRecord, loader, preview};
+use super::{CompactRecord, Gateway, RecordId, loader, preview};
 use crate::log::AppendError;
 use crate::sites::directory::SiteConfig;
-use crate::{Hit, RawRequest, ga4, mp, segment};
+use crate::{RawRequest, ga4, mp, segment};
 
 /// A refused request: the error to answer and, when known, the site to count it against.
 struct Refusal {
@@ -94,37 +94,44 @@ async fn accept(
     gateway: &Gateway,
     site: &Arc<SiteConfig>,
     raw: RawRequest,
-    hits: Vec<Hit>,
+    hit_count: usize,
     bot: bool,
 ) -> Result<(), Refusal> {
     check_limits(gateway, site, &raw).map_err(|e| Refusal::new(e, Some(site)))?;
-    append(gateway, site, raw, hits, bot)
+    append(gateway, site, raw, hit_count, bot)
         .await
         .map_err(|e| Refusal::new(e, Some(site)))
 }
 
-/// Appends one record and returns once it is durable.
+/// Appends one record of `raw`, which parses into `hit_count` hits, and returns once it is
+/// durable.
 async fn append(
     gateway: &Gateway,
     site: &SiteConfig,
     mut raw: RawRequest,
-    hits: Vec<Hit>,
+    hit_count: usize,
     bot: bool,
 ) -> Result<(), ApiError> {
     if site.truncate_ip {
         raw.client_ip = raw.client_ip.map(edge::truncate_ip);
         raw.headers.retain(|(name, _)| name != "x-forwarded-for");
     }
-    let events = hits.len();
     // The stored record is the request (see `record`): reserving its size up front spares the
     // serializer its reallocations and copies (the body is stored in base64).
     let estimate = 512 + raw.query.len() + raw.body.len() * 4 / 3 + 128 * raw.headers.len();
-    // Parsers copy the sender's address into each hit; the record truncates those too.
-    let record = LogRecord::parsed(site.id, site.workspace_id, bot, site.truncate_ip, raw, hits);
     let mut bytes = Vec::with_capacity(estimate);
-    record
-        .write_compact(&mut bytes)
-        .map_err(ApiError::internal)?;
+    CompactRecord {
+        id: RecordId::new(),
+        site_id: site.id,
+        workspace_id: site.workspace_id,
+        bot,
+        // Parsers copy the sender's address into each hit; readers truncate those too.
+        ip_truncated: site.truncate_ip,
+        hit_count,
+        request: &raw,
+    }
+    .write(&mut bytes)
+    .map_err(ApiError::internal)?;
     gateway.log.append(bytes).await.map_err(|err| match err {
         AppendError::Overloaded => {
             ApiError::service_unavailable("The event log is busy; retry shortly.")
@@ -137,7 +144,9 @@ async fn append(
                 .with_details(serde_json::json!({ "retry_after_seconds": 5 }))
         }
     })?;
-    gateway.usage.accepted(site.id, site.workspace_id, events);
+    gateway
+        .usage
+        .accepted(site.id, site.workspace_id, hit_count);
     Ok(())
 }
 
@@ -207,20 +216,20 @@ async fn ga4_accept(
         .capture(parts, body, peer, path)
         .await
         .map_err(|e| Refusal::new(e, site.as_ref()))?;
-    let hits = ga4::parse(&raw).map_err(|e| Refusal::new(parse_error(e), site.as_ref()))?;
+    let checked = ga4::check(&raw).map_err(|e| Refusal::new(parse_error(e), site.as_ref()))?;
     let site = match site {
         Some(site) => site,
-        None => hits
+        None => checked
+            .measurement_ids
             .first()
-            .and_then(|h| h.measurement_id.as_deref())
             .and_then(|id| gateway.directory.by_measurement_id(id))
             .ok_or_else(|| Refusal::new(unknown_site(), None))?,
     };
     if !site.measurement_ids.is_empty()
-        && let Some(stranger) = hits
+        && let Some(stranger) = checked
+            .measurement_ids
             .iter()
-            .filter_map(|h| h.measurement_id.as_deref())
-            .find(|id| !site.measurement_ids.iter().any(|m| m == id))
+            .find(|id| !site.measurement_ids.iter().any(|m| m == *id))
     {
         return Err(Refusal::new(
             ApiError::bad_request(
@@ -232,7 +241,7 @@ async fn ga4_accept(
         ));
     }
     let bot = edge::is_bot(raw.user_agent());
-    accept(gateway, &site, raw, hits, bot).await?;
+    accept(gateway, &site, raw, checked.events, bot).await?;
     Ok(site)
 }
 
@@ -279,7 +288,7 @@ async fn mp_accept(
             Some(&site),
         ));
     }
-    accept(gateway, &site, raw, request.hits, false).await
+    accept(gateway, &site, raw, request.hits.len(), false).await
 }
 
 /// `POST /debug/mp/collect`: GA4's validation answer; nothing is stored, no secret is needed.
@@ -337,7 +346,7 @@ async fn segment_accept(
                 None,
             )
         })?;
-    accept(gateway, &site, raw, request.hits, false).await
+    accept(gateway, &site, raw, request.hits.len(), false).await
 }
 
 /// Preflight for Segment calls from browsers.

@@ -39,19 +39,28 @@ pub struct LogRecord {
     pub hits: Vec<Hit>,
 }
 
-/// The stored form without hits (see the module's documentation).
+/// The stored form, without hits (see the module's documentation): what the gateway writes
+/// for each request it accepts, knowing only how many hits the request parses into.
 #[derive(Serialize)]
-struct Compact<'a> {
-    id: RecordId,
-    site_id: SiteId,
-    workspace_id: WorkspaceId,
-    bot: bool,
+pub struct CompactRecord<'a> {
+    pub id: RecordId,
+    pub site_id: SiteId,
+    pub workspace_id: WorkspaceId,
+    pub bot: bool,
+    /// See [`LogRecord::ip_truncated`]; `request`'s address must be truncated already.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
-    ip_truncated: bool,
+    pub ip_truncated: bool,
     /// How many hits the request parses into: reading checks it, so a parser that changed its
     /// mind about an old request is an error, not a silent difference.
-    hit_count: usize,
-    request: &'a RawRequest,
+    pub hit_count: usize,
+    pub request: &'a RawRequest,
+}
+
+impl CompactRecord<'_> {
+    /// The record as the log stores it, written into `out`.
+    pub fn write(&self, out: &mut Vec<u8>) -> serde_json::Result<()> {
+        serde_json::to_writer(out, self)
+    }
 }
 
 /// Either stored form.
@@ -112,18 +121,16 @@ impl LogRecord {
     /// The record in the log's compact form, written into `out`. Only for records made by
     /// [`LogRecord::parsed`] (whose hits are what the request parses into).
     pub fn write_compact(&self, out: &mut Vec<u8>) -> serde_json::Result<()> {
-        serde_json::to_writer(
-            out,
-            &Compact {
-                id: self.id,
-                site_id: self.site_id,
-                workspace_id: self.workspace_id,
-                bot: self.bot,
-                ip_truncated: self.ip_truncated,
-                hit_count: self.hits.len(),
-                request: &self.request,
-            },
-        )
+        CompactRecord {
+            id: self.id,
+            site_id: self.site_id,
+            workspace_id: self.workspace_id,
+            bot: self.bot,
+            ip_truncated: self.ip_truncated,
+            hit_count: self.hits.len(),
+            request: &self.request,
+        }
+        .write(out)
     }
 }
 
