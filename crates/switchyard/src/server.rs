@@ -218,22 +218,70 @@ async fn metrics() -> impl IntoResponse {
 
 async fn record_metrics(req: Request, next: Next) -> Response {
     let start = Instant::now();
-    let method = req.method().to_string();
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|p| p.as_str().to_owned())
-        .unwrap_or_else(|| "unmatched".to_owned());
+    let method = method_label(req.method());
+    let route = req.extensions().get::<MatchedPath>().cloned();
     let response = next.run(req).await;
-    let labels = [
-        ("method", method),
-        ("route", route),
-        ("status", response.status().as_u16().to_string()),
-    ];
-    metrics::counter!("http_requests_total", &labels).increment(1);
-    metrics::histogram!("http_request_duration_seconds", &labels)
-        .record(start.elapsed().as_secs_f64());
+    let route = route.as_ref().map_or("unmatched", MatchedPath::as_str);
+    let (requests, duration) = request_metrics(method, route, response.status().as_u16());
+    requests.increment(1);
+    duration.record(start.elapsed().as_secs_f64());
     response
+}
+
+/// A request's method as a metric label: the standard ones by name, anything else `other`
+/// (a client must not be able to create label values at will).
+fn method_label(method: &axum::http::Method) -> &'static str {
+    use axum::http::Method;
+    const STANDARD: [(Method, &str); 9] = [
+        (Method::GET, "GET"),
+        (Method::POST, "POST"),
+        (Method::PUT, "PUT"),
+        (Method::PATCH, "PATCH"),
+        (Method::DELETE, "DELETE"),
+        (Method::HEAD, "HEAD"),
+        (Method::OPTIONS, "OPTIONS"),
+        (Method::CONNECT, "CONNECT"),
+        (Method::TRACE, "TRACE"),
+    ];
+    STANDARD
+        .iter()
+        .find(|(m, _)| m == method)
+        .map_or("other", |(_, name)| name)
+}
+
+type RequestMetrics = (metrics::Counter, metrics::Histogram);
+
+/// The request counter and duration histogram of (method, route, status), registered once:
+/// looking a labelled metric up builds and hashes its labels, which the tracking gateway's
+/// requests (tens of thousands a second) should not pay each time. Routes, standard methods
+/// and status codes are few, so the map stays small.
+fn request_metrics(method: &'static str, route: &str, status: u16) -> RequestMetrics {
+    type Map = std::collections::HashMap<String, Vec<(&'static str, u16, RequestMetrics)>>;
+    static CACHE: OnceLock<std::sync::Mutex<Map>> = OnceLock::new();
+    let mut cache = CACHE
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    if let Some((_, _, found)) = cache
+        .get(route)
+        .and_then(|known| known.iter().find(|(m, s, _)| *m == method && *s == status))
+    {
+        return found.clone();
+    }
+    let labels = [
+        ("method", method.to_owned()),
+        ("route", route.to_owned()),
+        ("status", status.to_string()),
+    ];
+    let handles = (
+        metrics::counter!("http_requests_total", &labels),
+        metrics::histogram!("http_request_duration_seconds", &labels),
+    );
+    cache
+        .entry(route.to_owned())
+        .or_default()
+        .push((method, status, handles.clone()));
+    handles
 }
 
 async fn docs_page() -> Html<&'static str> {
