@@ -220,7 +220,7 @@ pub struct Engine {
     /// `None` until first read: everything is wanted until then.
     watched: Arc<std::sync::RwLock<Option<std::collections::HashSet<String>>>>,
     /// The tracking event names each workspace's rules want (see [`hits`]).
-    pub(crate) tracking_wanted: Arc<hits::WantedCache>,
+    pub(crate) tracking_wanted: Arc<tracking::log::WantedEvents>,
 }
 
 /// How often the watched event types are re-read (the longest a rule created through another
@@ -250,7 +250,7 @@ impl Engine {
             plugins: Arc::new(plugins),
             wakeup,
             watched: Arc::default(),
-            tracking_wanted: Arc::default(),
+            tracking_wanted: Arc::new(hits::wanted_cache()),
         }
     }
 

@@ -11,9 +11,9 @@
 //! contact, like a schedule run (steps that need one fail with `automation_no_contact`), and
 //! moves no inactivity timer (timers are per contact).
 
-use std::collections::{HashMap, HashSet};
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
 
 use futures::future::BoxFuture;
 use platform::id::WorkspaceId;
@@ -22,7 +22,7 @@ use platform::{Scope, Timestamp, with_db};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 use tracking::gateway::LogRecord;
-use tracking::log::{BatchHandler, Delivery};
+use tracking::log::{BatchHandler, Delivery, WantedEvents};
 use tracking::sites::SiteId;
 
 use crate::Engine;
@@ -42,13 +42,8 @@ pub const LOOKUP_ATTEMPTS: u32 = 3;
 const WANTED_TTL: Duration = Duration::from_secs(5);
 
 /// Workspace → tracking event names its enabled rules want, briefly cached.
-#[derive(Default)]
-pub struct WantedCache(Mutex<HashMap<WorkspaceId, (Instant, HashSet<String>)>>);
-
-impl WantedCache {
-    pub fn clear(&self) {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).clear();
-    }
+pub(crate) fn wanted_cache() -> WantedEvents {
+    WantedEvents::new(WANTED_TTL)
 }
 
 /// What the job needs from the hit: the event as rules see it (`event.*`).
@@ -73,29 +68,19 @@ impl HitConsumer {
         Self { engine }
     }
 
-    async fn wanted(&self, workspace: WorkspaceId) -> anyhow::Result<HashSet<String>> {
-        let cache = &self.engine.tracking_wanted.0;
-        if let Some((at, names)) = cache
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&workspace)
-            && at.elapsed() < WANTED_TTL
-        {
-            return Ok(names.clone());
-        }
-        let keys: Vec<String> = with_db!(self.engine.db(), pool => sqlx::query_scalar(
-            "SELECT DISTINCT trigger_key FROM automation_triggers WHERE workspace_id = $1 AND trigger_key LIKE 'tracking:%'",
-        ).bind(workspace).fetch_all(pool).await)?;
-        let names: HashSet<String> = keys
-            .into_iter()
-            .filter_map(|k| k.strip_prefix("tracking:").map(str::to_owned))
-            .collect();
-        let mut cache = cache.lock().unwrap_or_else(|e| e.into_inner());
-        if cache.len() > 10_000 {
-            cache.clear();
-        }
-        cache.insert(workspace, (Instant::now(), names.clone()));
-        Ok(names)
+    async fn wanted(&self, workspace: WorkspaceId) -> anyhow::Result<Arc<HashSet<String>>> {
+        self.engine
+            .tracking_wanted
+            .get(workspace, || async {
+                let keys: Vec<String> = with_db!(self.engine.db(), pool => sqlx::query_scalar(
+                    "SELECT DISTINCT trigger_key FROM automation_triggers WHERE workspace_id = $1 AND trigger_key LIKE 'tracking:%'",
+                ).bind(workspace).fetch_all(pool).await)?;
+                Ok(keys
+                    .into_iter()
+                    .filter_map(|k| k.strip_prefix("tracking:").map(str::to_owned))
+                    .collect())
+            })
+            .await
     }
 
     async fn process_batch(&self, batch: &[Delivery]) -> anyhow::Result<()> {

@@ -11,9 +11,9 @@
 //! as on the `form.submitted` path, so whichever comes first records the conversion and the
 //! other adds nothing.
 
-use std::collections::{HashMap, HashSet};
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use connect::conversions::ClickIds;
@@ -25,7 +25,7 @@ use platform::{Scope, Timestamp, with_db};
 use serde::{Deserialize, Serialize};
 use tracking::enrich::Enricher;
 use tracking::gateway::LogRecord;
-use tracking::log::{BatchHandler, Delivery};
+use tracking::log::{BatchHandler, Delivery, WantedEvents};
 
 use crate::events::{self, SourceEvent};
 use crate::triggers::{self, Source};
@@ -67,7 +67,7 @@ pub struct HitConsumer {
     db: Db,
     enricher: Enricher,
     /// Workspace → event names with an enabled tracking trigger, briefly cached.
-    wanted: Mutex<HashMap<WorkspaceId, (Instant, HashSet<String>)>>,
+    wanted: WantedEvents,
 }
 
 impl HitConsumer {
@@ -75,30 +75,19 @@ impl HitConsumer {
         Self {
             db,
             enricher,
-            wanted: Mutex::new(HashMap::new()),
+            wanted: WantedEvents::new(TRIGGERS_TTL),
         }
     }
 
-    async fn wanted_events(&self, workspace: WorkspaceId) -> anyhow::Result<HashSet<String>> {
-        if let Some((at, names)) = self
-            .wanted
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&workspace)
-            && at.elapsed() < TRIGGERS_TTL
-        {
-            return Ok(names.clone());
-        }
-        let names: Vec<String> = with_db!(&self.db, pool => sqlx::query_scalar(
-            "SELECT DISTINCT event FROM conversion_triggers WHERE workspace_id = $1 AND source = 'tracking' AND enabled = $2",
-        ).bind(workspace).bind(true).fetch_all(pool).await)?;
-        let names: HashSet<String> = names.into_iter().collect();
-        let mut cache = self.wanted.lock().unwrap_or_else(|e| e.into_inner());
-        if cache.len() > 10_000 {
-            cache.clear();
-        }
-        cache.insert(workspace, (Instant::now(), names.clone()));
-        Ok(names)
+    async fn wanted_events(&self, workspace: WorkspaceId) -> anyhow::Result<Arc<HashSet<String>>> {
+        self.wanted
+            .get(workspace, || async {
+                let names: Vec<String> = with_db!(&self.db, pool => sqlx::query_scalar(
+                    "SELECT DISTINCT event FROM conversion_triggers WHERE workspace_id = $1 AND source = 'tracking' AND enabled = $2",
+                ).bind(workspace).bind(true).fetch_all(pool).await)?;
+                Ok(names.into_iter().collect())
+            })
+            .await
     }
 
     async fn process_batch(&self, batch: &[Delivery]) -> anyhow::Result<()> {

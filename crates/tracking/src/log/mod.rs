@@ -158,3 +158,61 @@ pub async fn consume(
     }
     tracing::info!(group, "event log consumer stopped");
 }
+
+/// Per workspace, the tracking event names a consumer acts on, cached for a while: a consumer
+/// that skips most records (automation, conversions) asks its database once per workspace and
+/// interval, not once per record. Changes made in this process can [`clear`](Self::clear) it;
+/// other processes' changes are seen within the interval.
+pub struct WantedEvents {
+    ttl: Duration,
+    cache: std::sync::Mutex<WantedMap>,
+}
+
+type WantedMap = std::collections::HashMap<
+    platform::id::WorkspaceId,
+    (std::time::Instant, Arc<std::collections::HashSet<String>>),
+>;
+
+impl WantedEvents {
+    /// Workspaces remembered at most; past it the cache starts over.
+    const MAX_WORKSPACES: usize = 10_000;
+
+    pub fn new(ttl: Duration) -> Self {
+        Self {
+            ttl,
+            cache: std::sync::Mutex::default(),
+        }
+    }
+
+    /// The workspace's names: cached when fresh, else from `load` (and then cached).
+    pub async fn get<F, Fut>(
+        &self,
+        workspace: platform::id::WorkspaceId,
+        load: F,
+    ) -> anyhow::Result<Arc<std::collections::HashSet<String>>>
+    where
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = anyhow::Result<std::collections::HashSet<String>>>,
+    {
+        if let Some((at, names)) = self.lock().get(&workspace)
+            && at.elapsed() < self.ttl
+        {
+            return Ok(names.clone());
+        }
+        let names = Arc::new(load().await?);
+        let mut cache = self.lock();
+        if cache.len() >= Self::MAX_WORKSPACES {
+            cache.clear();
+        }
+        cache.insert(workspace, (std::time::Instant::now(), names.clone()));
+        Ok(names)
+    }
+
+    pub fn clear(&self) {
+        self.lock().clear();
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, WantedMap> {
+        self.cache.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
