@@ -35,10 +35,10 @@ type Params<'a> = BTreeMap<&'a str, &'a str>;
 /// line means the sender is not gtag and the request is not worth keeping half of.
 pub fn parse(raw: &RawRequest) -> Result<Vec<Hit>, ParseError> {
     let request = Split::new(raw)?;
+    let shared: Pairs<'_> = form_urlencoded::parse(request.query).collect();
     // Sorted once per request; each event line copies it and lays its own parameters over it.
     // Later wins: a repeated parameter overrides its earlier occurrence.
-    let shared_map: Params<'_> = request
-        .shared
+    let shared_map: Params<'_> = shared
         .iter()
         .map(|(k, v)| (k.as_ref(), v.as_ref()))
         .collect();
@@ -74,8 +74,8 @@ pub struct Checked {
 /// (see `gateway::record`), so building hits on the request path would be wasted work.
 pub fn check(raw: &RawRequest) -> Result<Checked, ParseError> {
     let request = Split::new(raw)?;
-    // The last occurrence wins, as in `parse`'s maps.
-    let shared = Required::from_pairs(&request.shared);
+    let shared = Found::scan(request.query);
+    let shared = shared.view();
     let mut measurement_ids: Vec<String> = Vec::new();
     let mut note = |tid: &str| {
         if !measurement_ids.iter().any(|m| m == tid) {
@@ -86,9 +86,8 @@ pub fn check(raw: &RawRequest) -> Result<Checked, ParseError> {
         note(required(shared, None)?.0);
     }
     for (index, line) in request.lines.iter().enumerate() {
-        let own: Pairs<'_> = form_urlencoded::parse(line).collect();
-        let own = Required::from_pairs(&own);
-        note(required(own.over(shared), Some(index))?.0);
+        let own = Found::scan(line);
+        note(required(own.view().over(shared), Some(index))?.0);
     }
     Ok(Checked {
         events: request.lines.len().max(1),
@@ -98,7 +97,8 @@ pub fn check(raw: &RawRequest) -> Result<Checked, ParseError> {
 
 /// A request cut into its URL parameters and body lines, within the limits.
 struct Split<'a> {
-    shared: Pairs<'a>,
+    /// The URL's parameters, still encoded.
+    query: &'a [u8],
     /// Empty: the URL alone is the one event.
     lines: Vec<&'a [u8]>,
 }
@@ -152,7 +152,7 @@ impl<'a> Split<'a> {
             });
         }
         Ok(Split {
-            shared: form_urlencoded::parse(raw.query.as_bytes()).collect(),
+            query: raw.query.as_bytes(),
             lines,
         })
     }
@@ -166,22 +166,50 @@ struct Required<'a> {
     en: Option<&'a str>,
 }
 
-impl<'a> Required<'a> {
-    /// The last occurrence of each in a list of pairs.
-    fn from_pairs(pairs: &'a [(Cow<'a, str>, Cow<'a, str>)]) -> Self {
-        let mut found = Required::default();
-        for (key, value) in pairs {
+/// The last `v`, `tid` and `en` of a URL-encoded string, decoded as `form_urlencoded::parse`
+/// decodes them, without decoding anything else: a key can decode to one of those names only
+/// if it is one literally or holds a `%` or `+`, and only such pairs are decoded.
+#[derive(Default)]
+struct Found<'a> {
+    v: Option<Cow<'a, str>>,
+    tid: Option<Cow<'a, str>>,
+    en: Option<Cow<'a, str>>,
+}
+
+impl<'a> Found<'a> {
+    fn scan(input: &'a [u8]) -> Self {
+        let mut found = Found::default();
+        for pair in input.split(|b| *b == b'&').filter(|pair| !pair.is_empty()) {
+            let key = pair.split(|b| *b == b'=').next().unwrap_or(pair);
+            let encoded = key.iter().any(|b| matches!(b, b'%' | b'+'));
+            if !encoded && !matches!(key, b"v" | b"tid" | b"en") {
+                continue;
+            }
+            // One pair, no `&`: the parser yields exactly its decoding.
+            let Some((key, value)) = form_urlencoded::parse(pair).next() else {
+                continue;
+            };
             let slot = match key.as_ref() {
                 "v" => &mut found.v,
                 "tid" => &mut found.tid,
                 "en" => &mut found.en,
                 _ => continue,
             };
-            *slot = Some(value.as_ref());
+            *slot = Some(value);
         }
         found
     }
 
+    fn view(&self) -> Required<'_> {
+        Required {
+            v: self.v.as_deref(),
+            tid: self.tid.as_deref(),
+            en: self.en.as_deref(),
+        }
+    }
+}
+
+impl<'a> Required<'a> {
     /// A body line's parameters laid over the URL's.
     fn over(self, shared: Required<'a>) -> Required<'a> {
         Required {

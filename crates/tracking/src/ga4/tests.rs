@@ -382,12 +382,20 @@ fn check_agrees_with_parse() {
         ),
         // Encoded keys are decoded before they count.
         ("GET", "%76=2&t%69d=G-ABC123&en=e", ""),
+        ("GET", "v=2&tid=G-ABC123&e+n=x&en=a+b%20c", ""),
+        ("POST", "v=2&tid=G-ABC123", "%65n=x&en\nen=y&&=&tid"),
         ("POST", "v=2&tid=G-ABC123&en=url", "\r\n  \n"),
         ("PUT", "v=2&tid=G-ABC123&en=e", ""),
     ];
     for (method, query, body) in cases {
         agrees(&request(method, query, body.as_bytes()));
     }
+    // Bytes that are not UTF-8 decode lossily, in keys and values alike.
+    agrees(&request(
+        "POST",
+        "v=2&tid=G-ABC123",
+        b"en=\xff&\xff=1\nen=%ff&v=2&t\xffid=G-X",
+    ));
     let checked = check(&request(
         "POST",
         "v=2&tid=G-ABC123",
