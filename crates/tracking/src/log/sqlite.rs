@@ -10,7 +10,18 @@
 //!
 //! The writer is a plain OS thread owning a `rusqlite` connection: a commit is a handful of
 //! function calls, not a round trip to a driver thread per statement (bench/RESULTS.md,
-//! 2026-11-22, observation 2). WAL checkpoints stay SQLite's automatic ones, inside the writer's
+//! 2026-11-22, observation 2).
+//!
+//! **Pipelined fsync.** The fsync is not done inside the commit (`synchronous = FULL` would):
+//! the writer commits with `synchronous = NORMAL`, which writes the WAL frames and returns, and
+//! hands the batch's waiters to a syncer thread, which fsyncs the WAL file and only then
+//! answers them. While one batch is being synced the writer already commits the next, so a
+//! request waits for one commit and one fsync instead of queueing behind every earlier batch's
+//! commit-and-fsync. Durability is the same as `FULL`'s: a waiter is answered only after an
+//! fsync of the WAL that began after its commit had written its frames (and the WAL header,
+//! when the commit restarted the WAL), which is what `FULL` does at the end of each commit;
+//! checkpoints sync the WAL before they copy it, in both modes. The syncer's queue is bounded,
+//! so a disk that cannot keep up still backs up into the appends queue and `Overloaded`. WAL checkpoints stay SQLite's automatic ones, inside the writer's
 //! commits: a checkpointer thread beside the writer was tried and made the tail worse (see
 //! docs/decisions.md). Readers (consumers, `count`) use an sqlx pool.
 
@@ -119,8 +130,25 @@ impl SqliteLog {
                         return;
                     }
                 };
+                let (sync_tx, sync_rx) = std::sync::mpsc::sync_channel(SYNC_QUEUE);
+                let wal = wal_path(&writer_path);
+                let syncer = match std::thread::Builder::new()
+                    .name("event-log-sync".into())
+                    .spawn(move || sync_loop(&wal, sync_rx, &committed_tx))
+                {
+                    Ok(handle) => handle,
+                    Err(err) => {
+                        let _ = ready_tx.send(Err(err.into()));
+                        return;
+                    }
+                };
                 let _ = ready_tx.send(Ok(()));
-                write_loop(&conn, receiver, &committed_tx, &options);
+                let closers = write_loop(&conn, receiver, sync_tx, &options);
+                // Every batch committed before the close is synced and answered first.
+                let _ = syncer.join();
+                for done in closers {
+                    let _ = done.send(());
+                }
             })
             .context("cannot start the event log writer thread")?;
         ready
@@ -202,18 +230,75 @@ impl EventLog for SqliteLog {
 fn connect_blocking(path: &Path) -> anyhow::Result<rusqlite::Connection> {
     let conn = rusqlite::Connection::open(path)?;
     conn.busy_timeout(Duration::from_secs(10))?;
-    conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL;")?;
+    // NORMAL: commits do not fsync; the syncer thread does, before anyone is answered.
+    conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL;")?;
     Ok(conn)
 }
 
-/// The writer thread's loop: one transaction per batch of waiting appends, until `Close` or
-/// until every sender is gone.
+/// Committed batches that may wait for the syncer before the writer waits for it.
+const SYNC_QUEUE: usize = 64;
+
+/// SQLite's WAL file of the database at `path`.
+fn wal_path(path: &Path) -> std::path::PathBuf {
+    let mut wal = path.as_os_str().to_owned();
+    wal.push("-wal");
+    wal.into()
+}
+
+/// One committed batch on its way to the syncer.
+struct Committed {
+    /// The batch's last sequence, when it appended anything.
+    last: Option<i64>,
+    waiters: Vec<oneshot::Sender<Result<(), String>>>,
+}
+
+/// The syncer thread's loop: takes every committed batch waiting, fsyncs the WAL once for all
+/// of them, then answers their waiters and announces the new last sequence to subscribers.
+fn sync_loop(
+    wal: &Path,
+    batches: std::sync::mpsc::Receiver<Committed>,
+    committed: &watch::Sender<i64>,
+) {
+    // The WAL exists once the writer has committed, which it has before it sends anything.
+    let mut file: Option<std::fs::File> = None;
+    while let Ok(first) = batches.recv() {
+        let mut ready = vec![first];
+        ready.extend(batches.try_iter());
+        // fdatasync: the frames and the file's new length, which is all a reader needs.
+        let synced = file
+            .take()
+            .map_or_else(|| std::fs::File::open(wal), Ok)
+            .and_then(|f| f.sync_data().map(|()| f));
+        let answer = match synced {
+            Ok(f) => {
+                file = Some(f);
+                Ok(())
+            }
+            Err(err) => {
+                tracing::error!(error = %err, wal = %wal.display(), "event log fsync failed");
+                Err(format!("the event log could not be synced to disk: {err}"))
+            }
+        };
+        if answer.is_ok()
+            && let Some(last) = ready.iter().filter_map(|b| b.last).max()
+        {
+            committed.send_replace(last);
+        }
+        for waiter in ready.into_iter().flat_map(|b| b.waiters) {
+            let _ = waiter.send(answer.clone());
+        }
+    }
+}
+
+/// The writer thread's loop: one transaction per batch of waiting appends, each handed to the
+/// syncer once committed, until `Close` (returns whoever asked to close) or until every sender
+/// is gone. Returning drops `syncer`, which lets the sync loop finish.
 fn write_loop(
     conn: &rusqlite::Connection,
     mut receiver: mpsc::Receiver<Message>,
-    committed: &watch::Sender<i64>,
+    syncer: std::sync::mpsc::SyncSender<Committed>,
     options: &Options,
-) {
+) -> Vec<oneshot::Sender<()>> {
     let mut insert = match conn.prepare("INSERT INTO log (payload) VALUES (?1)") {
         Ok(statement) => Some(statement),
         Err(err) => {
@@ -259,25 +344,28 @@ fn write_loop(
                 Some(insert) => commit(conn, insert, &payloads, &acks).map_err(|e| e.to_string()),
                 None => Err("the event log cannot insert (see the log at start)".to_owned()),
             };
-            let answer = match result {
+            match result {
                 Ok(last) => {
-                    if !payloads.is_empty() {
-                        committed.send_replace(last);
-                    }
-                    Ok(())
+                    let batch = Committed {
+                        last: (!payloads.is_empty()).then_some(last),
+                        waiters: std::mem::take(&mut waiters),
+                    };
+                    // The syncer stops only when this sender is dropped, so this cannot fail;
+                    // if it did, dropping the waiters answers them "writer stopped".
+                    let _ = syncer.send(batch);
                 }
                 Err(err) => {
                     tracing::error!(error = %err, records = payloads.len(), "event log commit failed");
-                    Err(err)
+                    for waiter in waiters.drain(..) {
+                        let _ = waiter.send(Err(err.clone()));
+                    }
                 }
-            };
-            for waiter in waiters.drain(..) {
-                let _ = waiter.send(answer.clone());
             }
             payloads.clear();
             acks.clear();
         }
         if let Some(done) = closing.take() {
+            let mut closers = Vec::new();
             receiver.close();
             // Appends queued behind the close message are refused, not lost silently.
             while let Ok(message) = receiver.try_recv() {
@@ -285,15 +373,14 @@ fn write_loop(
                     Message::Append { done, .. } | Message::Ack { done, .. } => {
                         let _ = done.send(Err("the log is closed".into()));
                     }
-                    Message::Close(done) => {
-                        let _ = done.send(());
-                    }
+                    Message::Close(other) => closers.push(other),
                 }
             }
-            let _ = done.send(());
-            return;
+            closers.push(done);
+            return closers;
         }
     }
+    Vec::new()
 }
 
 /// Inserts `payloads` and records `acks` in one transaction; returns the last sequence written.
