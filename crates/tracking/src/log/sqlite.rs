@@ -2,8 +2,8 @@
 //! by one thread with group commit.
 //!
 //! Appends queue on a bounded channel; the writer thread takes everything waiting (up to a batch
-//! limit), inserts it in one transaction and commits with one fsync (`synchronous=FULL`), then
-//! answers every waiting request. Under load, batches grow and the fsync cost is shared; at rest,
+//! limit), inserts it in one transaction and commits it, and the batch shares one fsync (see
+//! "Pipelined fsync" below) before every waiting request is answered. Under load, batches grow and the fsync cost is shared; at rest,
 //! a single append commits at once. A full channel means the disk cannot keep up, and the append
 //! is refused (`Overloaded`) instead of buffering without bound. Its own file keeps this hot
 //! writer away from the product-state writer (SQLite has one writer per file).
@@ -21,8 +21,9 @@
 //! fsync of the WAL that began after its commit had written its frames (and the WAL header,
 //! when the commit restarted the WAL), which is what `FULL` does at the end of each commit;
 //! checkpoints sync the WAL before they copy it, in both modes. The syncer's queue is bounded,
-//! so a disk that cannot keep up still backs up into the appends queue and `Overloaded`. WAL checkpoints stay SQLite's automatic ones, inside the writer's
-//! commits: a checkpointer thread beside the writer was tried and made the tail worse (see
+//! so a disk that cannot keep up still backs up into the appends queue and `Overloaded`.
+//!
+//! WAL checkpoints stay SQLite's automatic ones, inside the writer's commits: a checkpointer thread beside the writer was tried and made the tail worse (see
 //! docs/decisions.md). Readers (consumers, `count`) use an sqlx pool.
 
 use std::path::Path;
