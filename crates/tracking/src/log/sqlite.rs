@@ -23,6 +23,20 @@
 //! checkpoints sync the WAL before they copy it, in both modes. The syncer's queue is bounded,
 //! so a disk that cannot keep up still backs up into the appends queue and `Overloaded`.
 //!
+//! **Gathering while an fsync runs.** The writer does not commit what arrives while the syncer
+//! is still busy: those appends could not be synced before it is free anyway, so they wait for
+//! it and go in one larger commit (or commit at once when many have gathered, so a big commit
+//! still overlaps the fsync before it). Each commit rewrites the table's partly filled last
+//! pages in the WAL; small commits many times a millisecond wrote several times the records'
+//! own size.
+//!
+//! **Rows.** A row holds a run of consecutive records, up to 256 of them: `seq` is its last
+//! record's sequence, `records` how many it holds, and `payload` the record itself when it holds
+//! one, otherwise each record after its length (4 bytes, little-endian). One insert per row
+//! instead of per record is most of what the writer saves; a reader that wants part of a row
+//! skips the records before its position. Files written before rows held several records have
+//! one per row, which is what `records`' default says.
+//!
 //! WAL checkpoints stay SQLite's automatic ones, inside the writer's commits: a checkpointer thread beside the writer was tried and made the tail worse (see
 //! docs/decisions.md). Readers (consumers, `count`) use an sqlx pool.
 
@@ -30,8 +44,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::Context;
-use futures::FutureExt;
 use futures::future::BoxFuture;
+use futures::{FutureExt, TryStreamExt};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Row, SqlitePool};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -97,15 +111,27 @@ impl SqliteLog {
             .connect_with(connect)
             .await
             .with_context(|| format!("cannot open event log {}", path.display()))?;
-        // The log's schema is two tables that never change shape; it needs no migration history.
+        // The log's schema is two small tables (see "Rows" above); `records` came later, and
+        // files written before it hold one record per row, which its default describes.
         sqlx::query(
             "CREATE TABLE IF NOT EXISTS log (
                  seq     INTEGER PRIMARY KEY AUTOINCREMENT,
-                 payload BLOB NOT NULL
+                 payload BLOB NOT NULL,
+                 records INTEGER NOT NULL DEFAULT 1
              )",
         )
         .execute(&pool)
         .await?;
+        let has_records: bool = sqlx::query_scalar(
+            "SELECT COUNT(*) > 0 FROM pragma_table_info('log') WHERE name = 'records'",
+        )
+        .fetch_one(&pool)
+        .await?;
+        if !has_records {
+            sqlx::query("ALTER TABLE log ADD COLUMN records INTEGER NOT NULL DEFAULT 1")
+                .execute(&pool)
+                .await?;
+        }
         sqlx::query(
             "CREATE TABLE IF NOT EXISTS log_groups (
                  name  TEXT PRIMARY KEY,
@@ -114,9 +140,7 @@ impl SqliteLog {
         )
         .execute(&pool)
         .await?;
-        let last: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(seq), 0) FROM log")
-            .fetch_one(&pool)
-            .await?;
+        let last: i64 = sqlx::query_scalar(LAST_SEQUENCE).fetch_one(&pool).await?;
         let (sender, receiver) = mpsc::channel(options.queue_capacity);
         let (committed_tx, committed) = watch::channel(last);
         let (ready_tx, ready) = oneshot::channel();
@@ -133,9 +157,11 @@ impl SqliteLog {
                 };
                 let (sync_tx, sync_rx) = std::sync::mpsc::sync_channel(SYNC_QUEUE);
                 let wal = wal_path(&writer_path);
+                let in_flight = std::sync::Arc::new(InFlight::default());
+                let syncing = in_flight.clone();
                 let syncer = match std::thread::Builder::new()
                     .name("event-log-sync".into())
-                    .spawn(move || sync_loop(&wal, sync_rx, &committed_tx))
+                    .spawn(move || sync_loop(&wal, sync_rx, &syncing, &committed_tx))
                 {
                     Ok(handle) => handle,
                     Err(err) => {
@@ -144,7 +170,7 @@ impl SqliteLog {
                     }
                 };
                 let _ = ready_tx.send(Ok(()));
-                let closers = write_loop(&conn, receiver, sync_tx, &options);
+                let closers = write_loop(&conn, receiver, sync_tx, &in_flight, &options);
                 // Every batch committed before the close is synced and answered first.
                 let _ = syncer.join();
                 for done in closers {
@@ -165,9 +191,11 @@ impl SqliteLog {
 
     /// Number of records in the log (for tests and tools).
     pub async fn count(&self) -> anyhow::Result<i64> {
-        Ok(sqlx::query_scalar("SELECT COUNT(*) FROM log")
-            .fetch_one(&self.pool)
-            .await?)
+        Ok(
+            sqlx::query_scalar("SELECT COALESCE(SUM(records), 0) FROM log")
+                .fetch_one(&self.pool)
+                .await?,
+        )
     }
 }
 
@@ -239,6 +267,15 @@ fn connect_blocking(path: &Path) -> anyhow::Result<rusqlite::Connection> {
 /// Committed batches that may wait for the syncer before the writer waits for it.
 const SYNC_QUEUE: usize = 64;
 
+/// While the syncer is busy, the writer keeps gathering appends instead of committing them,
+/// until this many records (or [`COMMIT_WHILE_SYNCING_BYTES`]) wait: then it commits anyway,
+/// so a large batch's commit still overlaps the fsync before it.
+const COMMIT_WHILE_SYNCING: usize = 256;
+const COMMIT_WHILE_SYNCING_BYTES: usize = 1024 * 1024;
+
+/// How long the writer waits for the syncer before it looks at the queue again.
+const GATHER_WAIT: Duration = Duration::from_millis(1);
+
 /// SQLite's WAL file of the database at `path`.
 fn wal_path(path: &Path) -> std::path::PathBuf {
     let mut wal = path.as_os_str().to_owned();
@@ -253,11 +290,47 @@ struct Committed {
     waiters: Vec<oneshot::Sender<Result<(), String>>>,
 }
 
+/// Committed batches the syncer has not answered yet (queued or being synced): the writer
+/// gathers appends while there are any (see [`write_loop`]).
+#[derive(Default)]
+struct InFlight {
+    batches: std::sync::Mutex<usize>,
+    idle: std::sync::Condvar,
+}
+
+impl InFlight {
+    fn lock(&self) -> std::sync::MutexGuard<'_, usize> {
+        self.batches.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn sent(&self) {
+        *self.lock() += 1;
+    }
+
+    fn answered(&self, batches: usize) {
+        let mut n = self.lock();
+        *n = n.saturating_sub(batches);
+        if *n == 0 {
+            self.idle.notify_all();
+        }
+    }
+
+    /// Waits at most `timeout` for the syncer to have nothing left; whether it has nothing.
+    fn wait_idle(&self, timeout: Duration) -> bool {
+        let (n, _) = self
+            .idle
+            .wait_timeout_while(self.lock(), timeout, |n| *n > 0)
+            .unwrap_or_else(|e| e.into_inner());
+        *n == 0
+    }
+}
+
 /// The syncer thread's loop: takes every committed batch waiting, fsyncs the WAL once for all
 /// of them, then answers their waiters and announces the new last sequence to subscribers.
 fn sync_loop(
     wal: &Path,
     batches: std::sync::mpsc::Receiver<Committed>,
+    in_flight: &InFlight,
     committed: &watch::Sender<i64>,
 ) {
     // The WAL exists once the writer has committed, which it has before it sends anything.
@@ -285,87 +358,137 @@ fn sync_loop(
         {
             committed.send_replace(last);
         }
+        let count = ready.len();
         for waiter in ready.into_iter().flat_map(|b| b.waiters) {
             let _ = waiter.send(answer.clone());
         }
+        in_flight.answered(count);
     }
 }
 
-/// The writer thread's loop: one transaction per batch of waiting appends, each handed to the
-/// syncer once committed, until `Close` (returns whoever asked to close) or until every sender
-/// is gone. Returning drops `syncer`, which lets the sync loop finish.
-fn write_loop(
-    conn: &rusqlite::Connection,
-    mut receiver: mpsc::Receiver<Message>,
-    syncer: std::sync::mpsc::SyncSender<Committed>,
-    options: &Options,
-) -> Vec<oneshot::Sender<()>> {
-    let mut insert = match conn.prepare("INSERT INTO log (payload) VALUES (?1)") {
-        Ok(statement) => Some(statement),
-        Err(err) => {
-            // Every append is then answered with this error instead of hanging.
-            tracing::error!(error = %err, "cannot prepare the event log insert");
-            None
-        }
-    };
-    let mut payloads: Vec<Vec<u8>> = Vec::new();
-    let mut acks: Vec<(String, i64)> = Vec::new();
-    let mut waiters: Vec<oneshot::Sender<Result<(), String>>> = Vec::new();
-    let mut closing: Option<oneshot::Sender<()>> = None;
-    while let Some(first) = receiver.blocking_recv() {
-        let mut bytes = 0usize;
+/// What the writer has taken off the queue for its next transaction.
+#[derive(Default)]
+struct Batch {
+    payloads: Vec<Vec<u8>>,
+    bytes: usize,
+    acks: Vec<(String, i64)>,
+    waiters: Vec<oneshot::Sender<Result<(), String>>>,
+    closing: Option<oneshot::Sender<()>>,
+}
+
+impl Batch {
+    /// Takes `first` and whatever else waits on the queue, until the batch is full or a close
+    /// arrives.
+    fn gather(
+        &mut self,
+        first: Message,
+        receiver: &mut mpsc::Receiver<Message>,
+        options: &Options,
+    ) {
         let mut next = Some(first);
         while let Some(message) = next.take() {
             match message {
                 Message::Append { payload, done } => {
-                    bytes += payload.len();
-                    payloads.push(payload);
-                    waiters.push(done);
+                    self.bytes += payload.len();
+                    self.payloads.push(payload);
+                    self.waiters.push(done);
                 }
                 Message::Ack {
                     group,
                     sequence,
                     done,
                 } => {
-                    acks.push((group, sequence));
-                    waiters.push(done);
+                    self.acks.push((group, sequence));
+                    self.waiters.push(done);
                 }
                 Message::Close(done) => {
-                    closing = Some(done);
-                    break;
+                    self.closing = Some(done);
+                    return;
                 }
             }
-            if payloads.len() >= options.max_batch || bytes >= options.max_batch_bytes {
-                break;
+            if self.full(options.max_batch, options.max_batch_bytes) {
+                return;
             }
             next = receiver.try_recv().ok();
         }
-        if !waiters.is_empty() {
-            let result = match insert.as_mut() {
-                Some(insert) => commit(conn, insert, &payloads, &acks).map_err(|e| e.to_string()),
+    }
+
+    fn full(&self, records: usize, bytes: usize) -> bool {
+        self.payloads.len() >= records || self.bytes >= bytes
+    }
+}
+
+/// The writer thread's loop: one transaction per batch of waiting appends, each handed to the
+/// syncer once committed, until `Close` (returns whoever asked to close) or until every sender
+/// is gone. Returning drops `syncer`, which lets the sync loop finish.
+///
+/// While the syncer is still busy with earlier batches, the writer does not commit what it
+/// has: those appends could not be synced before the syncer is free anyway, and one larger
+/// commit writes far fewer WAL pages than several small ones (each commit rewrites the table's
+/// last, partly filled pages). It commits when the syncer has nothing left, or once the batch
+/// is large ([`COMMIT_WHILE_SYNCING`]), so a big commit still overlaps the fsync before it.
+fn write_loop(
+    conn: &rusqlite::Connection,
+    mut receiver: mpsc::Receiver<Message>,
+    syncer: std::sync::mpsc::SyncSender<Committed>,
+    in_flight: &InFlight,
+    options: &Options,
+) -> Vec<oneshot::Sender<()>> {
+    let mut statements = match Statements::prepare(conn) {
+        Ok(statement) => Some(statement),
+        Err(err) => {
+            // Every append is then answered with this error instead of hanging.
+            tracing::error!(error = %err, "cannot prepare the event log's statements");
+            None
+        }
+    };
+    let early_records = COMMIT_WHILE_SYNCING.min(options.max_batch);
+    let early_bytes = COMMIT_WHILE_SYNCING_BYTES.min(options.max_batch_bytes);
+    let mut batch = Batch::default();
+    let mut row = Vec::new();
+    while let Some(first) = receiver.blocking_recv() {
+        batch.gather(first, &mut receiver, options);
+        while batch.closing.is_none()
+            && !batch.full(early_records, early_bytes)
+            && !in_flight.wait_idle(GATHER_WAIT)
+        {
+            match receiver.try_recv() {
+                Ok(message) => batch.gather(message, &mut receiver, options),
+                Err(mpsc::error::TryRecvError::Empty) => {}
+                Err(mpsc::error::TryRecvError::Disconnected) => break,
+            }
+        }
+        if !batch.waiters.is_empty() {
+            let result = match statements.as_mut() {
+                Some(statements) => {
+                    commit(conn, statements, &batch.payloads, &batch.acks, &mut row)
+                        .map_err(|e| e.to_string())
+                }
                 None => Err("the event log cannot insert (see the log at start)".to_owned()),
             };
             match result {
                 Ok(last) => {
-                    let batch = Committed {
-                        last: (!payloads.is_empty()).then_some(last),
-                        waiters: std::mem::take(&mut waiters),
+                    let committed = Committed {
+                        last: (!batch.payloads.is_empty()).then_some(last),
+                        waiters: std::mem::take(&mut batch.waiters),
                     };
+                    in_flight.sent();
                     // The syncer stops only when this sender is dropped, so this cannot fail;
                     // if it did, dropping the waiters answers them "writer stopped".
-                    let _ = syncer.send(batch);
+                    let _ = syncer.send(committed);
                 }
                 Err(err) => {
-                    tracing::error!(error = %err, records = payloads.len(), "event log commit failed");
-                    for waiter in waiters.drain(..) {
+                    tracing::error!(error = %err, records = batch.payloads.len(), "event log commit failed");
+                    for waiter in batch.waiters.drain(..) {
                         let _ = waiter.send(Err(err.clone()));
                     }
                 }
             }
-            payloads.clear();
-            acks.clear();
+            batch.payloads.clear();
+            batch.acks.clear();
+            batch.bytes = 0;
         }
-        if let Some(done) = closing.take() {
+        if let Some(done) = batch.closing.take() {
             let mut closers = Vec::new();
             receiver.close();
             // Appends queued behind the close message are refused, not lost silently.
@@ -384,33 +507,120 @@ fn write_loop(
     Vec::new()
 }
 
-/// Inserts `payloads` and records `acks` in one transaction; returns the last sequence written.
-/// A failure rolls the whole batch back: either every waiter's record is durable or none is.
+/// Most records in one row, and most bytes (a row always takes at least one record): a reader
+/// that wants fewer records than a row holds still reads the whole row, so rows stay small.
+const ROW_RECORDS: usize = 256;
+const ROW_BYTES: usize = 256 * 1024;
+
+/// `payloads` cut into rows of at most [`ROW_RECORDS`] records and about [`ROW_BYTES`].
+fn rows(payloads: &[Vec<u8>]) -> impl Iterator<Item = &[Vec<u8>]> {
+    let mut rest = payloads;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let mut bytes = 0;
+        let mut len = 0;
+        while len < rest.len().min(ROW_RECORDS)
+            && (len == 0 || bytes + rest[len].len() <= ROW_BYTES)
+        {
+            bytes += rest[len].len();
+            len += 1;
+        }
+        let (row, tail) = rest.split_at(len);
+        rest = tail;
+        Some(row)
+    })
+}
+
+/// A row's payload: the record itself when it holds one, otherwise each record after its
+/// length (four bytes, little-endian), written into `out`.
+fn pack<'a>(records: &'a [Vec<u8>], out: &'a mut Vec<u8>) -> rusqlite::Result<&'a [u8]> {
+    if let [only] = records {
+        return Ok(only);
+    }
+    out.clear();
+    for record in records {
+        let len = u32::try_from(record.len())
+            .map_err(|err| rusqlite::Error::ToSqlConversionFailure(Box::new(err)))?;
+        out.extend_from_slice(&len.to_le_bytes());
+        out.extend_from_slice(record);
+    }
+    Ok(out)
+}
+
+/// The records of a row whose last record is `last`: `(sequence, record)` in order. The
+/// records share the row's buffer.
+fn unpack(
+    last: i64,
+    records: i64,
+    payload: bytes::Bytes,
+) -> anyhow::Result<Vec<(i64, bytes::Bytes)>> {
+    if records == 1 {
+        return Ok(vec![(last, payload)]);
+    }
+    let malformed = || anyhow::anyhow!("event log row {last} is malformed ({records} records)");
+    let count = usize::try_from(records).map_err(|_| malformed())?;
+    let mut out = Vec::with_capacity(count);
+    let mut at = 0usize;
+    let first = last - records + 1;
+    for i in 0..records {
+        let len = payload
+            .get(at..at + 4)
+            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)
+            .ok_or_else(malformed)?;
+        let start = at + 4;
+        let end = start
+            .checked_add(len)
+            .filter(|&e| e <= payload.len())
+            .ok_or_else(malformed)?;
+        out.push((first + i, payload.slice(start..end)));
+        at = end;
+    }
+    if at != payload.len() {
+        return Err(malformed());
+    }
+    Ok(out)
+}
+
+/// Inserts `payloads` (in rows, see [`rows`]) and records `acks` in one transaction; returns
+/// the last sequence written. A failure rolls the whole batch back: either every waiter's
+/// record is durable or none is.
+///
+/// The next sequence is read inside the transaction, not remembered: another process (a
+/// `switchyard demo` run) may have appended to the file since.
 fn commit(
     conn: &rusqlite::Connection,
-    insert: &mut rusqlite::Statement<'_>,
+    statements: &mut Statements<'_>,
     payloads: &[Vec<u8>],
     acks: &[(String, i64)],
+    buffer: &mut Vec<u8>,
 ) -> rusqlite::Result<i64> {
-    conn.execute_batch("BEGIN IMMEDIATE")?;
-    let written = payloads
-        .iter()
-        .try_for_each(|payload| insert.execute([payload.as_slice()]).map(drop))
-        // Read before the acks: a new group's row would become the last inserted rowid.
-        .map(|()| conn.last_insert_rowid())
+    statements.begin.execute([])?;
+    let written = statements
+        .last
+        .query_row([], |row| row.get::<_, i64>(0))
+        .and_then(|mut seq| {
+            for row in rows(payloads) {
+                seq += row.len() as i64;
+                let payload = pack(row, buffer)?;
+                statements
+                    .insert
+                    .execute(rusqlite::params![seq, row.len() as i64, payload])?;
+            }
+            Ok(seq)
+        })
         .and_then(|last| {
             acks.iter()
                 .try_for_each(|(group, sequence)| {
-                    conn.execute(
-                        "INSERT INTO log_groups (name, acked) VALUES (?1, ?2)
-                         ON CONFLICT (name) DO UPDATE SET acked = MAX(acked, excluded.acked)",
-                        rusqlite::params![group, sequence],
-                    )
-                    .map(drop)
+                    statements
+                        .ack
+                        .execute(rusqlite::params![group, sequence])
+                        .map(drop)
                 })
                 .map(|()| last)
         });
-    match written.and_then(|last| conn.execute_batch("COMMIT").map(|()| last)) {
+    match written.and_then(|last| statements.commit.execute([]).map(|_| last)) {
         Ok(last) => Ok(last),
         Err(err) => {
             if !conn.is_autocommit() {
@@ -420,6 +630,35 @@ fn commit(
         }
     }
 }
+
+/// The writer's statements, prepared once.
+struct Statements<'c> {
+    begin: rusqlite::Statement<'c>,
+    last: rusqlite::Statement<'c>,
+    insert: rusqlite::Statement<'c>,
+    ack: rusqlite::Statement<'c>,
+    commit: rusqlite::Statement<'c>,
+}
+
+impl<'c> Statements<'c> {
+    fn prepare(conn: &'c rusqlite::Connection) -> rusqlite::Result<Self> {
+        Ok(Self {
+            begin: conn.prepare("BEGIN IMMEDIATE")?,
+            last: conn.prepare(LAST_SEQUENCE)?,
+            insert: conn.prepare("INSERT INTO log (seq, records, payload) VALUES (?1, ?2, ?3)")?,
+            ack: conn.prepare(
+                "INSERT INTO log_groups (name, acked) VALUES (?1, ?2)
+                 ON CONFLICT (name) DO UPDATE SET acked = MAX(acked, excluded.acked)",
+            )?,
+            commit: conn.prepare("COMMIT")?,
+        })
+    }
+}
+
+/// The last sequence given out. AUTOINCREMENT's own record of it also covers a table whose
+/// newest rows were deleted by hand.
+const LAST_SEQUENCE: &str = "SELECT MAX(COALESCE((SELECT MAX(seq) FROM log), 0),
+    COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'log'), 0))";
 
 struct SqliteSubscription {
     pool: SqlitePool,
@@ -443,22 +682,35 @@ impl Subscription for SqliteSubscription {
                 let _ =
                     tokio::time::timeout(wait, self.committed.wait_for(|seq| *seq > acked)).await;
             }
-            let rows =
-                sqlx::query("SELECT seq, payload FROM log WHERE seq > $1 ORDER BY seq LIMIT $2")
-                    .bind(self.acked)
-                    .bind(i64::try_from(max).unwrap_or(i64::MAX))
-                    .fetch_all(&self.pool)
-                    .await?;
-            let mut out = Vec::with_capacity(rows.len());
-            for row in rows {
-                let seq: i64 = row.try_get("seq")?;
+            // Every row past the last ack holds at least one wanted record, so `max` rows are
+            // enough; the rows are streamed and the query dropped once `max` records are in.
+            let mut rows = sqlx::query(
+                "SELECT seq, records, payload FROM log WHERE seq > $1 ORDER BY seq LIMIT $2",
+            )
+            .bind(self.acked)
+            .bind(i64::try_from(max).unwrap_or(i64::MAX))
+            .fetch(&self.pool);
+            let mut out = Vec::with_capacity(max.min(4_096));
+            while out.len() < max {
+                let Some(row) = rows.try_next().await? else {
+                    break;
+                };
+                let last: i64 = row.try_get("seq")?;
+                let records: i64 = row.try_get("records")?;
                 let payload: Vec<u8> = row.try_get("payload")?;
-                out.push(Delivery {
-                    sequence: seq as u64,
-                    payload: payload.into(),
-                    redeliveries: u64::from(seq <= self.delivered_up_to),
-                });
+                let wanted = unpack(last, records, payload.into())?
+                    .into_iter()
+                    .filter(|(seq, _)| *seq > self.acked)
+                    .take(max - out.len());
+                for (seq, payload) in wanted {
+                    out.push(Delivery {
+                        sequence: seq as u64,
+                        payload,
+                        redeliveries: u64::from(seq <= self.delivered_up_to),
+                    });
+                }
             }
+            drop(rows);
             if let Some(last) = out.last() {
                 self.delivered_up_to = self.delivered_up_to.max(last.sequence as i64);
             }
@@ -605,26 +857,186 @@ mod tests {
         ));
     }
 
+    /// Every record of `log` from the start, as group `group` reads them `max` at a time.
+    async fn read_all(log: &SqliteLog, group: &str, max: usize) -> Vec<(u64, Vec<u8>)> {
+        let mut sub = log.subscribe(group).await.unwrap();
+        let mut seen = Vec::new();
+        loop {
+            let batch = sub.next_batch(max, Duration::ZERO).await.unwrap();
+            if batch.is_empty() {
+                return seen;
+            }
+            assert!(batch.len() <= max);
+            seen.extend(batch.iter().map(|d| (d.sequence, d.payload.to_vec())));
+            sub.ack(&batch).await.unwrap();
+        }
+    }
+
     #[tokio::test]
     async fn a_batch_with_an_ack_reports_the_last_record_it_wrote() {
         let (dir, log) = open_temp(Options::default()).await;
         for _ in 0..3 {
             log.append(b"r".to_vec()).await.unwrap();
         }
+        // Another connection (another process, say) commits records 4 and 5 and a new group's
+        // first ack together: the sequence reported is the log's, not the group row's.
         let conn = connect_blocking(&dir.path().join("events.db")).unwrap();
-        let mut insert = conn
-            .prepare("INSERT INTO log (payload) VALUES (?1)")
-            .unwrap();
-        // Records 4 and 5 and a new group's first ack commit together: the sequence reported
-        // is the log's, not the group row's.
+        let mut statements = Statements::prepare(&conn).unwrap();
         let last = commit(
             &conn,
-            &mut insert,
+            &mut statements,
             &[b"a".to_vec(), b"b".to_vec()],
             &[("new-group".to_owned(), 2)],
+            &mut Vec::new(),
         )
         .unwrap();
         assert_eq!(last, 5);
+        // The log's own writer carries on after them instead of reusing their sequences.
+        log.append(b"c".to_vec()).await.unwrap();
+        let seen = read_all(&log, "reader", 10).await;
+        let expected: Vec<(u64, Vec<u8>)> = [&b"r"[..], b"r", b"r", b"a", b"b", b"c"]
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (i as u64 + 1, p.to_vec()))
+            .collect();
+        assert_eq!(seen, expected);
+    }
+
+    #[test]
+    fn rows_are_cut_by_records_and_by_bytes() {
+        let small = vec![vec![b's'; 10]; 600];
+        let sizes: Vec<usize> = rows(&small).map(<[_]>::len).collect();
+        assert_eq!(sizes, vec![256, 256, 88]);
+        let big = vec![vec![b'b'; 100 * 1024]; 5];
+        let sizes: Vec<usize> = rows(&big).map(<[_]>::len).collect();
+        assert_eq!(sizes, vec![2, 2, 1], "about ROW_BYTES a row");
+        let huge = vec![vec![b'h'; 2 * ROW_BYTES], vec![b'h'; 10]];
+        let sizes: Vec<usize> = rows(&huge).map(<[_]>::len).collect();
+        assert_eq!(
+            sizes,
+            vec![1, 1],
+            "a record larger than a row still gets one"
+        );
+        assert_eq!(rows(&[]).count(), 0);
+    }
+
+    #[test]
+    fn a_row_unpacks_into_its_records() {
+        let records = vec![b"first".to_vec(), Vec::new(), b"third record".to_vec()];
+        let mut buffer = Vec::new();
+        let packed = bytes::Bytes::copy_from_slice(pack(&records, &mut buffer).unwrap());
+        let unpacked = unpack(12, 3, packed.clone()).unwrap();
+        assert_eq!(
+            unpacked,
+            vec![
+                (10, bytes::Bytes::from_static(b"first")),
+                (11, bytes::Bytes::new()),
+                (12, bytes::Bytes::from_static(b"third record")),
+            ]
+        );
+        // A row of one record is the record itself.
+        assert_eq!(pack(&records[..1], &mut buffer).unwrap(), b"first");
+        assert_eq!(
+            unpack(7, 1, packed.clone()).unwrap(),
+            vec![(7, packed.clone())]
+        );
+        // A row that does not hold what it claims is an error, not a guess.
+        assert!(unpack(12, 4, packed.clone()).is_err(), "too few records");
+        assert!(unpack(12, 2, packed.clone()).is_err(), "trailing bytes");
+        assert!(
+            unpack(12, 3, packed.slice(..packed.len() - 1)).is_err(),
+            "cut short"
+        );
+        assert!(unpack(12, -3, packed).is_err());
+    }
+
+    #[tokio::test]
+    async fn readers_take_part_of_a_row_and_the_rest_later() {
+        let (dir, log) = open_temp(Options::default()).await;
+        let conn = connect_blocking(&dir.path().join("events.db")).unwrap();
+        let mut statements = Statements::prepare(&conn).unwrap();
+        let payloads: Vec<Vec<u8>> = (0..10).map(|i| format!("r{i}").into_bytes()).collect();
+        commit(&conn, &mut statements, &payloads, &[], &mut Vec::new()).unwrap();
+        assert_eq!(log.count().await.unwrap(), 10);
+
+        let mut sub = log.subscribe("g").await.unwrap();
+        let first = sub.next_batch(3, Duration::ZERO).await.unwrap();
+        assert_eq!(
+            first.iter().map(|d| d.sequence).collect::<Vec<_>>(),
+            vec![1, 2, 3]
+        );
+        assert_eq!(&first[2].payload[..], b"r2");
+        // Not acknowledged: the same records come again, counted as redeliveries.
+        let again = sub.next_batch(4, Duration::ZERO).await.unwrap();
+        assert_eq!(
+            again
+                .iter()
+                .map(|d| (d.sequence, d.redeliveries))
+                .collect::<Vec<_>>(),
+            vec![(1, 1), (2, 1), (3, 1), (4, 0)]
+        );
+        sub.ack(&again).await.unwrap();
+        let rest = sub.next_batch(100, Duration::ZERO).await.unwrap();
+        assert_eq!(
+            rest.iter().map(|d| d.sequence).collect::<Vec<_>>(),
+            (5..=10).collect::<Vec<u64>>()
+        );
+        assert_eq!(&rest[5].payload[..], b"r9");
+    }
+
+    #[tokio::test]
+    async fn a_file_of_one_record_rows_is_read_and_extended() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("events.db");
+        {
+            // The layout before rows held several records.
+            let conn = rusqlite::Connection::open(&path).unwrap();
+            conn.execute_batch(
+                "CREATE TABLE log (seq INTEGER PRIMARY KEY AUTOINCREMENT, payload BLOB NOT NULL);
+                 CREATE TABLE log_groups (name TEXT PRIMARY KEY, acked INTEGER NOT NULL);
+                 INSERT INTO log (payload) VALUES (x'6f31'), (x'6f32'), (x'6f33');
+                 INSERT INTO log_groups VALUES ('g', 1);",
+            )
+            .unwrap();
+        }
+        let log = std::sync::Arc::new(SqliteLog::open(&path, Options::default()).await.unwrap());
+        let appends: Vec<_> = (0..300)
+            .map(|i| {
+                let log = log.clone();
+                tokio::spawn(async move { log.append(format!("n{i}").into_bytes()).await })
+            })
+            .collect();
+        for append in appends {
+            append.await.unwrap().unwrap();
+        }
+        assert_eq!(log.count().await.unwrap(), 303);
+        let seen = read_all(&log, "fresh", 7).await;
+        assert_eq!(
+            seen.iter().map(|(seq, _)| *seq).collect::<Vec<_>>(),
+            (1..=303).collect::<Vec<u64>>()
+        );
+        assert_eq!(
+            seen[..3].iter().map(|(_, p)| p.clone()).collect::<Vec<_>>(),
+            [b"o1".to_vec(), b"o2".to_vec(), b"o3".to_vec()]
+        );
+        let mut new: Vec<String> = seen[3..]
+            .iter()
+            .map(|(_, p)| String::from_utf8(p.clone()).unwrap())
+            .collect();
+        new.sort();
+        let mut expected: Vec<String> = (0..300).map(|i| format!("n{i}")).collect();
+        expected.sort();
+        assert_eq!(new, expected);
+        // The old group resumes after its acknowledgement.
+        let resumed = read_all(&log, "g", 1000).await;
+        assert_eq!(resumed.first().map(|(seq, _)| *seq), Some(2));
+        assert_eq!(resumed.len(), 302);
+        // Several records share rows now (the appends were concurrent).
+        let rows: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM log")
+            .fetch_one(&log.pool)
+            .await
+            .unwrap();
+        assert!(rows < 303, "{rows} rows for 303 records");
     }
 
     #[tokio::test]
