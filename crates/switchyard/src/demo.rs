@@ -1,7 +1,8 @@
 //! `switchyard demo`: realistic synthetic tracking traffic for trying the dashboards and for
 //! benchmarks. It provisions a demo user, workspace and sites through the library functions,
-//! then writes GA4 gtag requests — as the gateway would have received them over the past days —
-//! into the event log, where the normal pipeline picks them up.
+//! then writes GA4 gtag requests — as the gateway would have received them over the past days,
+//! and stored as the gateway stores them (the request, not its parsed hits) — into the event
+//! log, where the normal pipeline picks them up.
 //!
 //! Everything the traffic is made of is drawn from one seeded generator, so the same seed, site
 //! list and end time give byte-identical log records (ids included: they are UUIDv7 built from
@@ -22,13 +23,13 @@ use platform::{Actor, Role, Scope, Timestamp};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
+use tracking::RawRequest;
 use tracking::analytics::AnalyticsStore;
 use tracking::enrich::Enricher;
-use tracking::gateway::{LogRecord, RecordId};
+use tracking::gateway::{CompactRecord, LogRecord, RecordId, hit_id};
 use tracking::log::EventLog;
 use tracking::pipeline::Pipeline;
 use tracking::sites::{SiteId, SiteRequest};
-use tracking::{HitId, RawRequest};
 
 /// What `switchyard demo` is asked for.
 #[derive(Debug, Clone)]
@@ -258,12 +259,13 @@ async fn provision_sites(db: &Db, scope: &Scope, count: u32) -> anyhow::Result<V
     Ok(sites)
 }
 
-/// Appends records as the gateway does (one append per request), many at once so the log's
-/// group commit shares its fsyncs.
+/// Appends records as the gateway does: one append per request, in the log's compact form
+/// (the request without its hits, which reading parses again; see [`CompactRecord`]), many at
+/// once so the log's group commit shares its fsyncs.
 pub async fn append_all(log: &dyn EventLog, records: &[LogRecord]) -> anyhow::Result<()> {
     let mut appends = futures::stream::iter(records)
         .map(|record| async move {
-            let payload = serde_json::to_vec(record)?;
+            let payload = stored_form(record)?;
             log.append(payload).await.map_err(anyhow::Error::from)
         })
         .buffer_unordered(512);
@@ -271,6 +273,24 @@ pub async fn append_all(log: &dyn EventLog, records: &[LogRecord]) -> anyhow::Re
         result?;
     }
     Ok(())
+}
+
+/// A generated record as the gateway would have stored it: [`CompactRecord`]. The generator
+/// gives each hit the id the reader derives ([`hit_id`]), so reading it back yields the very
+/// hits the generator counted.
+pub fn stored_form(record: &LogRecord) -> serde_json::Result<Vec<u8>> {
+    let mut out = Vec::with_capacity(record.request.body.len() + 1_024);
+    CompactRecord {
+        id: record.id,
+        site_id: record.site_id,
+        workspace_id: record.workspace_id,
+        bot: record.bot,
+        ip_truncated: record.ip_truncated,
+        hit_count: record.hits.len(),
+        request: &record.request,
+    }
+    .write(&mut out)?;
+    Ok(out)
 }
 
 /// Runs the analytics pipeline over everything in `log` not yet consumed, the way the worker
@@ -1127,11 +1147,12 @@ impl TrafficGenerator {
             Ok(hits) => hits,
             Err(err) => panic!("demo generated an invalid gtag request: {err}"),
         };
-        for hit in &mut hits {
-            let id = HitId(self.uuid_at(time));
-            hit.fields_mut().id = id;
-        }
+        // Hit ids as the log's reader derives them from the record's, so the stored (compact)
+        // record reads back as exactly these hits.
         let record_id = RecordId(self.uuid_at(time));
+        for (index, hit) in hits.iter_mut().enumerate() {
+            hit.fields_mut().id = hit_id(record_id, index);
+        }
         let state = self
             .sites
             .iter_mut()
@@ -1202,6 +1223,29 @@ mod tests {
             );
             assert!(t.pageviews >= t.sessions && t.events > t.pageviews, "{t:?}");
         }
+    }
+
+    #[test]
+    fn the_stored_form_reads_back_as_the_generated_hits() {
+        let ws = WorkspaceId(uuid::Uuid::from_u128(1));
+        let sites = (0..3)
+            .map(|i| DemoSite::nth(i, SiteId(uuid::Uuid::from_u128(10 + u128::from(i))), ws))
+            .collect();
+        let mut generator = TrafficGenerator::new(sites, 2, 40, 3, Timestamp::now());
+        let mut hits = 0;
+        while let Some(day) = generator.next_day() {
+            for record in &day {
+                let stored = stored_form(record).expect("stored form");
+                let text = std::str::from_utf8(&stored).expect("utf-8");
+                assert!(!text.contains("\"hits\""), "{text}");
+                let read: LogRecord = serde_json::from_slice(&stored).expect("record");
+                assert_eq!(read.id, record.id);
+                assert_eq!(read.request, record.request);
+                assert_eq!(read.hits, record.hits);
+                hits += read.hits.len();
+            }
+        }
+        assert!(hits > 200, "{hits}");
     }
 
     #[test]

@@ -687,3 +687,87 @@ async fn timeseries_buckets_in_the_site_zone(store: &dyn tracking::analytics::An
         }
     }
 }
+
+/// A batch that is partly stored already (a redelivery overlapping new hits, and a hit twice in
+/// the batch itself) adds only its new events, to the raw rows and to the rollups alike.
+#[tokio::test]
+async fn a_partly_stored_batch_adds_only_its_new_events() {
+    use platform::Timestamp;
+    use tracking::analytics::sqlite::SqliteAnalytics;
+    use tracking::analytics::{AnalyticsEvent, AnalyticsStore, Query};
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("analytics.db");
+    let site = tracking::sites::SiteId::new();
+    let workspace = platform::id::WorkspaceId::new();
+    let hour = 500_000 * 3_600_000;
+    let events: Vec<AnalyticsEvent> = (0..10i64)
+        .map(|n| AnalyticsEvent {
+            hit_id: tracking::HitId::new(),
+            site_id: site,
+            workspace_id: workspace,
+            time: Timestamp::from_millis(hour + n * 60_000),
+            event_name: if n % 2 == 0 { "page_view" } else { "scroll" }.into(),
+            visitor: format!("v{}", n % 3),
+            session: format!("v{}:1", n % 3),
+            engaged: false,
+            page_host: Some(HOST.into()),
+            page_path: Some(format!("/p{}", n % 4)),
+            page_title: None,
+            referrer_host: None,
+            source: None,
+            medium: None,
+            campaign: None,
+            term: None,
+            content: None,
+            channel: None,
+            country: None,
+            region: None,
+            city: None,
+            device: Some("desktop".into()),
+            browser: None,
+            os: None,
+            value: None,
+            currency: None,
+            params: serde_json::json!({"n": n}),
+            bot: false,
+        })
+        .collect();
+    let rolled_up = SqliteAnalytics::open_with(&path, 0).await.unwrap();
+    rolled_up.insert(&events[..6]).await.unwrap();
+    let mut again = events[3..].to_vec();
+    again.push(events[9].clone());
+    rolled_up.insert(&again).await.unwrap();
+    rolled_up.insert(&events).await.unwrap();
+
+    let query = Query {
+        site_id: site,
+        from: Timestamp::from_millis(hour),
+        to: Timestamp::from_millis(hour + 3_600_000),
+        filters: Vec::new(),
+    };
+    let from_rollups = rolled_up.summary(&query).await.unwrap();
+    assert!(from_rollups.visitors_estimated);
+    let raw = SqliteAnalytics::open(&path).await.unwrap();
+    let exact = raw.summary(&query).await.unwrap();
+    assert!(!exact.visitors_estimated);
+    for summary in [&from_rollups, &exact] {
+        assert_eq!(
+            (
+                summary.events,
+                summary.pageviews,
+                summary.sessions,
+                summary.visitors
+            ),
+            (10, 5, 3, 3),
+            "{summary:?}"
+        );
+    }
+    assert!((from_rollups.bounce_rate - 1.0 / 3.0).abs() < 1e-9);
+    assert!((exact.bounce_rate - 1.0 / 3.0).abs() < 1e-9);
+    // Sessions of 9, 6 and 6 minutes.
+    assert!((from_rollups.avg_session_seconds - 420.0).abs() < 1e-9);
+    assert!((exact.avg_session_seconds - 420.0).abs() < 1e-9);
+    let stored = raw.events(&query, None, 100).await.unwrap();
+    assert_eq!(stored.len(), 10);
+}

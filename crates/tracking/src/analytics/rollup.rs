@@ -14,7 +14,7 @@
 //! whose aggregate changes as its events arrive; the rollup receives the difference between the
 //! session's old and new contribution, so counters stay exact under any arrival order.
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap;
 
 use super::AnalyticsEvent;
 use super::hll::Sketch;
@@ -102,8 +102,9 @@ impl Cell {
     }
 }
 
-/// `(site, dimension, grain, bucket in epoch hours, value key)`.
-pub type Key = (SiteId, u8, u8, i64, String);
+/// `(site, dimension, grain, bucket in epoch hours, value)`, the value borrowed from the events
+/// (`None`: not set; the "all events" row has none). Ordered as the stored [`value_key`]s are.
+pub type Key<'a> = (SiteId, u8, u8, i64, Option<&'a str>);
 
 pub fn hour_of(ms: i64) -> i64 {
     ms.div_euclid(HOUR_MS)
@@ -116,30 +117,30 @@ fn buckets_of(ms: i64) -> [(u8, i64); 2] {
 
 /// What a batch adds to the rollups; built from newly stored events and session changes.
 #[derive(Default)]
-pub struct Delta {
-    pub cells: HashMap<Key, Cell>,
+pub struct Delta<'a> {
+    pub cells: FxHashMap<Key<'a>, Cell>,
 }
 
-impl Delta {
-    fn cell(&mut self, key: Key) -> &mut Cell {
+impl<'a> Delta<'a> {
+    fn cell(&mut self, key: Key<'a>) -> &mut Cell {
         self.cells.entry(key).or_default()
     }
 
     /// Adds a newly stored (never before counted), non-bot event.
-    pub fn add_event(&mut self, e: &AnalyticsEvent) {
+    pub fn add_event(&mut self, e: &'a AnalyticsEvent) {
         let visitor = super::hll::hash(&e.visitor);
         let pageview = i64::from(e.event_name == "page_view");
         let ms = e.time.as_millis();
         for (grain, bucket) in buckets_of(ms) {
-            let mut add = |dim: u8, value: String| {
+            let mut add = |dim: u8, value: Option<&'a str>| {
                 let cell = self.cell((e.site_id, dim, grain, bucket, value));
                 cell.events += 1;
                 cell.pageviews += pageview;
                 cell.visitors.insert_hash(visitor);
             };
-            add(ALL, String::new());
+            add(ALL, None);
             for (code, column) in DIMENSIONS {
-                add(*code, value_key(column_value(e, column)));
+                add(*code, column_value(e, column));
             }
         }
     }
@@ -147,7 +148,7 @@ impl Delta {
     /// Adds (`sign` 1) or withdraws (`sign` −1) a session's contribution to its start buckets.
     pub fn add_session(&mut self, site: SiteId, session: &SessionStats, sign: i64) {
         for (grain, bucket) in buckets_of(session.start_ts) {
-            let cell = self.cell((site, ALL, grain, bucket, String::new()));
+            let cell = self.cell((site, ALL, grain, bucket, None));
             cell.sessions += sign;
             cell.bounces += sign * i64::from(session.bounced());
             cell.duration_ms += sign * (session.end_ts - session.start_ts);
@@ -183,6 +184,25 @@ impl SessionStats {
             engaged: e.engaged,
             entry: page.clone(),
             exit: page,
+        }
+    }
+
+    /// Folds one more event of the session in: the same as `merge(&SessionStats::of(e))`, without
+    /// copying the visitor and page of every event.
+    pub fn add_event(&mut self, e: &AnalyticsEvent) {
+        let ms = e.time.as_millis();
+        self.start_ts = self.start_ts.min(ms);
+        self.end_ts = self.end_ts.max(ms);
+        self.events += 1;
+        self.engaged |= e.engaged;
+        if e.event_name == "page_view" {
+            self.pageviews += 1;
+            if self.entry.as_ref().is_none_or(|entry| ms < entry.0) {
+                self.entry = Some((ms, e.page_path.clone()));
+            }
+            if self.exit.as_ref().is_none_or(|exit| ms > exit.0) {
+                self.exit = Some((ms, e.page_path.clone()));
+            }
         }
     }
 
@@ -270,6 +290,60 @@ mod tests {
         assert_eq!(key_value(&value_key(Some(""))), Some(String::new()));
         assert_eq!(key_value(&value_key(Some("/a"))), Some("/a".into()));
         assert!(value_key(None) < value_key(Some("")));
+    }
+
+    fn event(ms: i64, name: &str, page: Option<&str>, engaged: bool) -> AnalyticsEvent {
+        AnalyticsEvent {
+            hit_id: crate::HitId(uuid::Uuid::now_v7()),
+            site_id: SiteId(uuid::Uuid::from_u128(1)),
+            workspace_id: platform::id::WorkspaceId(uuid::Uuid::from_u128(2)),
+            time: platform::Timestamp::from_millis(ms),
+            event_name: name.into(),
+            visitor: "v".into(),
+            session: "v:1".into(),
+            engaged,
+            page_host: None,
+            page_path: page.map(str::to_owned),
+            page_title: None,
+            referrer_host: None,
+            source: None,
+            medium: None,
+            campaign: None,
+            term: None,
+            content: None,
+            channel: None,
+            country: None,
+            region: None,
+            city: None,
+            device: None,
+            browser: None,
+            os: None,
+            value: None,
+            currency: None,
+            params: serde_json::Value::Null,
+            bot: false,
+        }
+    }
+
+    #[test]
+    fn adding_an_event_is_merging_its_stats() {
+        let events = [
+            event(50, "page_view", Some("/b"), false),
+            event(10, "page_view", Some("/a"), false),
+            event(10, "page_view", Some("/tie"), false),
+            event(70, "scroll", Some("/c"), true),
+            event(90, "page_view", None, false),
+            event(90, "page_view", Some("/tie"), false),
+        ];
+        for first in 0..events.len() {
+            let mut merged = SessionStats::of(&events[first]);
+            let mut added = merged.clone();
+            for (i, e) in events.iter().enumerate().filter(|(i, _)| *i != first) {
+                merged.merge(&SessionStats::of(e));
+                added.add_event(e);
+                assert_eq!(added, merged, "first {first}, then {i}");
+            }
+        }
     }
 
     #[test]

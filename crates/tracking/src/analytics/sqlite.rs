@@ -20,6 +20,7 @@ use anyhow::Context;
 use futures::FutureExt;
 use futures::future::BoxFuture;
 use platform::Timestamp;
+use rustc_hash::FxHashSet as HashSet;
 use sqlx::sqlite::{
     SqliteArguments, SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow,
     SqliteSynchronous,
@@ -224,35 +225,103 @@ fn column_sql(
     })
 }
 
+/// One multi-row insert of `events` that skips hit ids already stored; with `returning`, it
+/// yields the hit id of each row it wrote.
+fn insert_rows(
+    events: &[AnalyticsEvent],
+    returning: bool,
+) -> sqlx::query::Query<'_, sqlx::Sqlite, SqliteArguments> {
+    let placeholders =
+        vec!["(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"; events.len()].join(",");
+    let returning = if returning { " RETURNING hit_id" } else { "" };
+    let sql = format!(
+        "INSERT INTO events ({COLUMNS}) VALUES {placeholders} ON CONFLICT (hit_id) DO NOTHING{returning}"
+    );
+    let mut query = sqlx::query(AssertSqlSafe(sql));
+    for e in events {
+        query = query
+            .bind(e.hit_id)
+            .bind(e.site_id)
+            .bind(e.workspace_id)
+            .bind(e.time.as_millis())
+            .bind(&e.event_name)
+            .bind(&e.visitor)
+            .bind(&e.session)
+            .bind(e.engaged)
+            .bind(&e.page_host)
+            .bind(&e.page_path)
+            .bind(&e.page_title)
+            .bind(&e.referrer_host)
+            .bind(&e.source)
+            .bind(&e.medium)
+            .bind(&e.campaign)
+            .bind(&e.term)
+            .bind(&e.content)
+            .bind(&e.channel)
+            .bind(&e.country)
+            .bind(&e.region)
+            .bind(&e.city)
+            .bind(&e.device)
+            .bind(&e.browser)
+            .bind(&e.os)
+            .bind(e.value)
+            .bind(&e.currency)
+            .bind(e.params.to_string())
+            .bind(e.bot);
+    }
+    query
+}
+
 impl AnalyticsStore for SqliteAnalytics {
     fn insert<'a>(&'a self, events: &'a [AnalyticsEvent]) -> BoxFuture<'a, anyhow::Result<()>> {
         async move {
+            // The common case is a batch of hits never seen before: insert without asking which
+            // rows were written (`RETURNING` sends one row per event back from the connection
+            // thread), and if every row was written, every event is fresh. Otherwise (a
+            // redelivery) start over and let `RETURNING` name the rows actually written.
             let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-            let mut written = std::collections::HashSet::new();
-            for chunk in events.chunks(ROWS_PER_INSERT) {
-                let placeholders = vec!["(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"; chunk.len()].join(",");
-                // RETURNING names the rows actually written: a redelivered hit is not counted
-                // into the rollups again.
-                let sql = format!("INSERT INTO events ({COLUMNS}) VALUES {placeholders} ON CONFLICT (hit_id) DO NOTHING RETURNING hit_id");
-                let mut query = sqlx::query(AssertSqlSafe(sql));
-                for e in chunk {
-                    query = query
-                        .bind(e.hit_id).bind(e.site_id).bind(e.workspace_id).bind(e.time.as_millis())
-                        .bind(&e.event_name).bind(&e.visitor).bind(&e.session).bind(e.engaged)
-                        .bind(&e.page_host).bind(&e.page_path).bind(&e.page_title).bind(&e.referrer_host)
-                        .bind(&e.source).bind(&e.medium).bind(&e.campaign).bind(&e.term).bind(&e.content)
-                        .bind(&e.channel).bind(&e.country).bind(&e.region).bind(&e.city).bind(&e.device)
-                        .bind(&e.browser).bind(&e.os).bind(e.value).bind(&e.currency)
-                        .bind(e.params.to_string()).bind(e.bot);
+            let (inserted, fold) = futures::join!(
+                async {
+                    let mut inserted = 0u64;
+                    for chunk in events.chunks(ROWS_PER_INSERT) {
+                        inserted += insert_rows(chunk, false)
+                            .execute(&mut *tx)
+                            .await?
+                            .rows_affected();
+                    }
+                    anyhow::Ok(inserted)
+                },
+                // Meanwhile (the rows are written on the connection's own thread): what the
+                // events add to the rollups if all of them are new. In slices, yielding, so the
+                // next insert is issued as soon as the previous one is done.
+                async {
+                    let mut fold = rollups::Fold::default();
+                    for slice in events.chunks(ROWS_PER_INSERT) {
+                        slice.iter().for_each(|e| fold.add(e));
+                        tokio::task::yield_now().await;
+                    }
+                    fold
+                },
+            );
+            let fold = if inserted? == events.len() as u64 {
+                fold
+            } else {
+                drop(fold);
+                tx.rollback().await?;
+                tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+                let mut written = HashSet::default();
+                for chunk in events.chunks(ROWS_PER_INSERT) {
+                    for row in insert_rows(chunk, true).fetch_all(&mut *tx).await? {
+                        written.insert(row.try_get::<HitId, _>(0)?);
+                    }
                 }
-                for row in query.fetch_all(&mut *tx).await? {
-                    written.insert(row.try_get::<HitId, _>(0)?);
-                }
-            }
-            // `remove`: a hit twice in one batch is written, and counted, once.
-            let fresh: Vec<&AnalyticsEvent> =
-                events.iter().filter(|e| written.remove(&e.hit_id)).collect();
-            rollups::apply(&mut tx, &fresh).await?;
+                // `remove`: a hit twice in one batch is written, and counted, once.
+                events
+                    .iter()
+                    .filter(|e| written.remove(&e.hit_id))
+                    .collect()
+            };
+            rollups::apply(&mut tx, fold).await?;
             tx.commit().await?;
             Ok(())
         }

@@ -4,11 +4,15 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
+use rustc_hash::FxHashMap;
+
 use sqlx::sqlite::{SqliteArguments, SqliteRow};
 use sqlx::{Arguments, AssertSqlSafe, Row, SqliteConnection, SqlitePool};
 
 use crate::analytics::AnalyticsEvent;
-use crate::analytics::rollup::{ALL, Cell, DIMENSIONS, Delta, HOUR, Key, SessionStats, cover};
+use crate::analytics::rollup::{
+    ALL, Cell, DIMENSIONS, Delta, HOUR, Key, SessionStats, cover, value_key,
+};
 use crate::sites::SiteId;
 
 pub const SCHEMA: &[&str] = &[
@@ -69,29 +73,56 @@ fn adjacent_runs(buckets: &BTreeSet<i64>, step: i64) -> Vec<(i64, i64)> {
     runs
 }
 
-/// Folds newly stored events (each counted exactly once: the caller passes only the events its
-/// insert actually wrote) into `sessions` and `rollups`.
-pub async fn apply(conn: &mut SqliteConnection, fresh: &[&AnalyticsEvent]) -> anyhow::Result<()> {
-    let mut delta = Delta::default();
-    let mut batch_sessions: HashMap<(SiteId, &str), SessionStats> = HashMap::new();
-    for e in fresh.iter().filter(|e| !e.bot) {
-        delta.add_event(e);
-        let stats = SessionStats::of(e);
-        batch_sessions
+/// What newly stored events add by themselves, before the stored sessions and cells are read:
+/// their rollup cells and their sessions' aggregates. Apart from [`apply`] so that an insert can
+/// build it while its rows are being written.
+#[derive(Default)]
+pub struct Fold<'a> {
+    delta: Delta<'a>,
+    sessions: FxHashMap<(SiteId, &'a str), SessionStats>,
+}
+
+impl<'a> Fold<'a> {
+    /// Adds a newly stored event (bots are stored, not counted).
+    pub fn add(&mut self, e: &'a AnalyticsEvent) {
+        if e.bot {
+            return;
+        }
+        self.delta.add_event(e);
+        self.sessions
             .entry((e.site_id, e.session.as_str()))
-            .and_modify(|s| s.merge(&stats))
-            .or_insert(stats);
+            .and_modify(|s| s.add_event(e))
+            .or_insert_with(|| SessionStats::of(e));
     }
+}
+
+impl<'a> FromIterator<&'a AnalyticsEvent> for Fold<'a> {
+    fn from_iter<I: IntoIterator<Item = &'a AnalyticsEvent>>(events: I) -> Self {
+        let mut fold = Fold::default();
+        for e in events {
+            fold.add(e);
+        }
+        fold
+    }
+}
+
+/// Folds newly stored events (each counted exactly once: the caller adds to `fold` only the
+/// events its insert actually wrote) into `sessions` and `rollups`.
+pub async fn apply(conn: &mut SqliteConnection, fold: Fold<'_>) -> anyhow::Result<()> {
+    let Fold {
+        mut delta,
+        sessions: batch_sessions,
+    } = fold;
     if batch_sessions.is_empty() {
         return Ok(());
     }
 
     // Sessions: old aggregate out, new aggregate in.
-    let mut by_site: HashMap<SiteId, Vec<&str>> = HashMap::new();
+    let mut by_site: FxHashMap<SiteId, Vec<&str>> = FxHashMap::default();
     for (site, session) in batch_sessions.keys() {
         by_site.entry(*site).or_default().push(session);
     }
-    let mut stored: HashMap<(SiteId, String), SessionStats> = HashMap::new();
+    let mut stored: FxHashMap<(SiteId, String), SessionStats> = FxHashMap::default();
     for (site, sessions) in &by_site {
         for chunk in sessions.chunks(CHUNK) {
             let mut args = SqliteArguments::default();
@@ -179,7 +210,9 @@ pub async fn apply(conn: &mut SqliteConnection, fresh: &[&AnalyticsEvent]) -> an
          FROM rollups WHERE site_id = ?1 AND dim IN ({dims}) AND grain = ?2
          AND bucket >= ?3 AND bucket <= ?4"
     );
-    let mut existing: HashMap<Key, Cell> = HashMap::new();
+    // Stored cells of touched keys: (site, dim, grain, bucket) → stored value key → cell.
+    let mut existing: FxHashMap<(SiteId, u8, u8, i64), FxHashMap<String, Cell>> =
+        FxHashMap::default();
     for ((site, grain), buckets) in &touched {
         let step = if *grain == HOUR { 1 } else { 24 };
         for (lo, hi) in adjacent_runs(buckets, step) {
@@ -191,31 +224,35 @@ pub async fn apply(conn: &mut SqliteConnection, fresh: &[&AnalyticsEvent]) -> an
                 .fetch_all(&mut *conn)
                 .await?;
             for r in &rows {
-                let dim: i64 = r.try_get("dim")?;
-                let key: Key = (
-                    *site,
-                    u8::try_from(dim)?,
-                    *grain,
-                    r.try_get("bucket")?,
-                    r.try_get("value")?,
-                );
+                let dim = u8::try_from(r.try_get::<i64, _>("dim")?)?;
+                let bucket: i64 = r.try_get("bucket")?;
+                let value: String = r.try_get("value")?;
+                let key: Key<'_> = (*site, dim, *grain, bucket, value.strip_prefix('='));
                 if delta.cells.contains_key(&key) {
-                    existing.insert(key, cell_from_row(r)?);
+                    existing
+                        .entry((*site, dim, *grain, bucket))
+                        .or_default()
+                        .insert(value, cell_from_row(r)?);
                 }
             }
         }
     }
-    let mut merged: Vec<(Key, Cell)> = Vec::with_capacity(delta.cells.len());
+    let mut merged: Vec<(Key<'_>, String, Cell)> = Vec::with_capacity(delta.cells.len());
     for (key, cell) in delta.cells {
-        let mut total = existing.remove(&key).unwrap_or_default();
+        let (site, dim, grain, bucket, value) = key;
+        let value_key = value_key(value);
+        let mut total = existing
+            .get_mut(&(site, dim, grain, bucket))
+            .and_then(|cells| cells.remove(value_key.as_str()))
+            .unwrap_or_default();
         total.add(&cell);
-        merged.push((key, total));
+        merged.push((key, value_key, total));
     }
     // In the index's order: neighbouring writes land on the same pages.
     merged.sort_unstable_by(|a, b| a.0.cmp(&b.0));
     for chunk in merged.chunks(CHUNK) {
         let mut args = SqliteArguments::default();
-        for ((site, dim, grain, bucket, value), cell) in chunk {
+        for ((site, dim, grain, bucket, _), value, cell) in chunk {
             arg(&mut args, *site)?;
             arg(&mut args, i64::from(*dim))?;
             arg(&mut args, i64::from(*grain))?;
@@ -373,7 +410,7 @@ pub async fn ensure_built(pool: &SqlitePool) -> anyhow::Result<()> {
             .map(super::row_to_event)
             .collect::<anyhow::Result<Vec<_>>>()?;
         total += events.len();
-        apply(&mut tx, &events.iter().collect::<Vec<_>>()).await?;
+        apply(&mut tx, events.iter().collect()).await?;
     }
     sqlx::query("INSERT OR REPLACE INTO meta (key, value) VALUES ('rollups', ?1)")
         .bind(VERSION)
