@@ -37,6 +37,12 @@
 //! skips the records before its position. Files written before rows held several records have
 //! one per row, which is what `records`' default says.
 //!
+//! **Retention.** Records are kept for [`Options::max_age`] (7 days, the NATS log's horizon) and
+//! then deleted, oldest first and in chunks, once every consumer group has acknowledged them; a
+//! group that stopped consuming holds them back. Once a minute the writer notes the time of its
+//! last sequence in `log_marks`, so the age of a record is known without reading its row.
+//! Deleted pages are reused, so a steady load keeps the file at a steady size.
+//!
 //! WAL checkpoints stay SQLite's automatic ones, inside the writer's commits: a checkpointer thread beside the writer was tried and made the tail worse (see
 //! docs/decisions.md). Readers (consumers, `count`) use an sqlx pool.
 
@@ -60,6 +66,11 @@ pub struct Options {
     pub max_batch: usize,
     /// Most bytes committed in one transaction.
     pub max_batch_bytes: usize,
+    /// How long a record is kept at least (the replay horizon, as the NATS log's `max_age`).
+    /// Older records are deleted once every consumer group has acknowledged them.
+    pub max_age: Duration,
+    /// How often the writer looks for records to delete and notes the time of its position.
+    pub prune_every: Duration,
 }
 
 impl Default for Options {
@@ -68,6 +79,8 @@ impl Default for Options {
             queue_capacity: 16_384,
             max_batch: 4_096,
             max_batch_bytes: 16 * 1024 * 1024,
+            max_age: Duration::from_secs(7 * 24 * 3600),
+            prune_every: Duration::from_secs(60),
         }
     }
 }
@@ -136,6 +149,16 @@ impl SqliteLog {
             "CREATE TABLE IF NOT EXISTS log_groups (
                  name  TEXT PRIMARY KEY,
                  acked INTEGER NOT NULL
+             )",
+        )
+        .execute(&pool)
+        .await?;
+        // Retention: now and then the writer notes the last sequence at that time (unix ms),
+        // so records past `max_age` are found without reading the rows (see `prune`).
+        sqlx::query(
+            "CREATE TABLE IF NOT EXISTS log_marks (
+                 at  INTEGER PRIMARY KEY,
+                 seq INTEGER NOT NULL
              )",
         )
         .execute(&pool)
@@ -446,6 +469,9 @@ fn write_loop(
     let early_bytes = COMMIT_WHILE_SYNCING_BYTES.min(options.max_batch_bytes);
     let mut batch = Batch::default();
     let mut row = Vec::new();
+    // The first look is at the first commit: a file that was not written for a while may have
+    // records to delete at once.
+    let mut next_prune = std::time::Instant::now();
     while let Some(first) = receiver.blocking_recv() {
         batch.gather(first, &mut receiver, options);
         while batch.closing.is_none()
@@ -487,6 +513,19 @@ fn write_loop(
             batch.payloads.clear();
             batch.acks.clear();
             batch.bytes = 0;
+        }
+        if std::time::Instant::now() >= next_prune {
+            let more = prune(conn, options.max_age, unix_ms()).unwrap_or_else(|err| {
+                tracing::warn!(error = %err, "event log retention failed; trying again later");
+                false
+            });
+            // Behind (a chunk was full): the next chunk after the next commit.
+            next_prune = std::time::Instant::now()
+                + if more {
+                    Duration::ZERO
+                } else {
+                    options.prune_every
+                };
         }
         if let Some(done) = batch.closing.take() {
             let mut closers = Vec::new();
@@ -622,6 +661,61 @@ fn commit(
         });
     match written.and_then(|last| statements.commit.execute([]).map(|_| last)) {
         Ok(last) => Ok(last),
+        Err(err) => {
+            if !conn.is_autocommit() {
+                let _ = conn.execute_batch("ROLLBACK");
+            }
+            Err(err)
+        }
+    }
+}
+
+/// Records deleted in one go at most (see [`prune`]), so the appends waiting behind a prune
+/// wait for a few milliseconds, not for a week of records.
+const PRUNE_RECORDS: i64 = 16_384;
+
+fn unix_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// Retention, in its own transaction: notes the log's last sequence at `now` (unix ms), then
+/// deletes the oldest records that are both older than `max_age` (by the newest note at least
+/// that old) and acknowledged by every consumer group, at most [`PRUNE_RECORDS`] of them.
+/// Returns whether more are due. A row goes only as a whole, once its last record may go.
+/// The sequences never restart: AUTOINCREMENT remembers the last one even in an empty table.
+fn prune(conn: &rusqlite::Connection, max_age: Duration, now: i64) -> rusqlite::Result<bool> {
+    let cutoff = now.saturating_sub(i64::try_from(max_age.as_millis()).unwrap_or(i64::MAX));
+    conn.execute_batch("BEGIN IMMEDIATE")?;
+    let result = (|| {
+        conn.execute(
+            &format!("INSERT OR REPLACE INTO log_marks (at, seq) SELECT ?1, ({LAST_SEQUENCE})"),
+            [now],
+        )?;
+        // The newest position at least `max_age` old, capped by the slowest group.
+        let bound: Option<i64> = conn.query_row(
+            "SELECT MIN((SELECT MAX(seq) FROM log_marks WHERE at <= ?1),
+                        COALESCE((SELECT MIN(acked) FROM log_groups), 9223372036854775807))",
+            [cutoff],
+            |row| row.get(0),
+        )?;
+        let oldest: Option<i64> =
+            conn.query_row("SELECT MIN(seq) FROM log", [], |row| row.get(0))?;
+        let (Some(bound), Some(oldest)) = (bound, oldest) else {
+            return Ok(false);
+        };
+        let up_to = bound.min(oldest.saturating_add(PRUNE_RECORDS));
+        conn.execute("DELETE FROM log WHERE seq <= ?1", [up_to])?;
+        // Notes at or below what is gone are no use any more; the newest old one stays.
+        conn.execute(
+            "DELETE FROM log_marks WHERE seq <= ?1 AND at < (SELECT MAX(at) FROM log_marks WHERE at <= ?2)",
+            [up_to, cutoff],
+        )?;
+        Ok(up_to < bound)
+    })();
+    match result.and_then(|more| conn.execute_batch("COMMIT").map(|()| more)) {
+        Ok(more) => Ok(more),
         Err(err) => {
             if !conn.is_autocommit() {
                 let _ = conn.execute_batch("ROLLBACK");
@@ -1037,6 +1131,117 @@ mod tests {
             .await
             .unwrap();
         assert!(rows < 303, "{rows} rows for 303 records");
+    }
+
+    #[tokio::test]
+    async fn old_records_go_once_every_group_has_acknowledged_them() {
+        let (dir, log) = open_temp(Options::default()).await;
+        for i in 0..10u8 {
+            log.append(vec![b'0' + i]).await.unwrap();
+        }
+        let mut a = log.subscribe("a").await.unwrap();
+        let batch = a.next_batch(10, Duration::ZERO).await.unwrap();
+        a.ack(&batch[..6]).await.unwrap();
+        let mut b = log.subscribe("b").await.unwrap();
+        let batch = b.next_batch(10, Duration::ZERO).await.unwrap();
+        b.ack(&batch).await.unwrap();
+
+        let conn = connect_blocking(&dir.path().join("events.db")).unwrap();
+        let hour = Duration::from_secs(3600);
+        let now = unix_ms();
+        // Nothing is an hour old yet.
+        assert!(!prune(&conn, hour, now).unwrap());
+        assert_eq!(log.count().await.unwrap(), 10);
+        // Two hours later all ten are old, but group `a` has acknowledged only six.
+        assert!(!prune(&conn, hour, now + 2 * 3_600_000).unwrap());
+        assert_eq!(log.count().await.unwrap(), 4);
+        let rest = |batch: Vec<Delivery>| batch.iter().map(|d| d.sequence).collect::<Vec<_>>();
+        drop(a);
+        let mut a = log.subscribe("a").await.unwrap();
+        assert_eq!(
+            rest(a.next_batch(10, Duration::ZERO).await.unwrap()),
+            vec![7, 8, 9, 10]
+        );
+        let mut late = log.subscribe("late").await.unwrap();
+        assert_eq!(
+            rest(late.next_batch(10, Duration::ZERO).await.unwrap()),
+            vec![7, 8, 9, 10]
+        );
+        // Sequences are not given out again.
+        log.append(b"new".to_vec()).await.unwrap();
+        assert_eq!(
+            rest(a.next_batch(10, Duration::ZERO).await.unwrap()),
+            vec![7, 8, 9, 10, 11]
+        );
+    }
+
+    #[tokio::test]
+    async fn the_writer_prunes_as_it_goes() {
+        // A group's first acknowledgement makes it known (without groups, age alone decides):
+        // group `g` acknowledges record 1 before the log reopens with no retention horizon.
+        let (dir, log) = open_temp(Options::default()).await;
+        log.append(b"first".to_vec()).await.unwrap();
+        let mut sub = log.subscribe("g").await.unwrap();
+        let batch = sub.next_batch(10, Duration::ZERO).await.unwrap();
+        sub.ack(&batch).await.unwrap();
+        drop(sub);
+        log.close().await;
+        let log = SqliteLog::open(
+            &dir.path().join("events.db"),
+            Options {
+                max_age: Duration::ZERO,
+                prune_every: Duration::ZERO,
+                ..Options::default()
+            },
+        )
+        .await
+        .unwrap();
+        let mut sub = log.subscribe("g").await.unwrap();
+        for i in 0..5u8 {
+            log.append(vec![i]).await.unwrap();
+        }
+        let batch = sub.next_batch(10, Duration::ZERO).await.unwrap();
+        assert_eq!(batch.len(), 5);
+        assert_eq!(log.count().await.unwrap(), 5, "unacknowledged records stay");
+        sub.ack(&batch).await.unwrap();
+        // The ack's own commit, or this append's, is followed by a prune.
+        log.append(b"next".to_vec()).await.unwrap();
+        log.append(b"last".to_vec()).await.unwrap();
+        let left = log.count().await.unwrap();
+        assert!(left <= 2, "{left} records left");
+        let next = sub.next_batch(10, Duration::ZERO).await.unwrap();
+        assert_eq!(
+            next.iter().map(|d| d.sequence).collect::<Vec<_>>(),
+            vec![7, 8]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_long_backlog_is_pruned_in_chunks() {
+        let (dir, log) = open_temp(Options::default()).await;
+        let conn = connect_blocking(&dir.path().join("events.db")).unwrap();
+        let mut statements = Statements::prepare(&conn).unwrap();
+        let total = 40_000i64;
+        let payloads: Vec<Vec<u8>> = (0..total).map(|i| i.to_le_bytes().to_vec()).collect();
+        commit(&conn, &mut statements, &payloads, &[], &mut Vec::new()).unwrap();
+        let now = unix_ms();
+        let hour = Duration::from_secs(3600);
+        assert!(!prune(&conn, hour, now).unwrap(), "nothing is old yet");
+        // No group has ever acknowledged anything: age alone decides.
+        let later = now + 2 * 3_600_000;
+        let mut rounds = 0;
+        while prune(&conn, hour, later).unwrap() {
+            rounds += 1;
+            let left = log.count().await.unwrap();
+            assert!(left > 0 && left < total, "{left} left after round {rounds}");
+        }
+        assert_eq!(rounds, 2, "40,000 records in chunks of {PRUNE_RECORDS}");
+        assert_eq!(log.count().await.unwrap(), 0);
+        log.append(b"after".to_vec()).await.unwrap();
+        let mut sub = log.subscribe("g").await.unwrap();
+        let batch = sub.next_batch(10, Duration::ZERO).await.unwrap();
+        assert_eq!(batch.len(), 1);
+        assert_eq!(batch[0].sequence, total as u64 + 1);
     }
 
     #[tokio::test]
