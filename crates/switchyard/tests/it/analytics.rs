@@ -556,34 +556,13 @@ async fn timeseries_buckets_in_the_site_zone(store: &dyn tracking::analytics::An
         while t < end {
             let n = events.len() as i64;
             events.push(AnalyticsEvent {
-                hit_id: tracking::HitId::new(),
-                site_id: site,
-                workspace_id: workspace,
-                time: Timestamp::from_millis(t),
                 event_name: if n % 4 == 0 { "click" } else { "page_view" }.into(),
                 visitor: format!("v{}", n % 7),
                 session: format!("v{}:{}", n % 7, t / 14_400_000),
-                engaged: false,
-                page_host: None,
                 page_path: Some("/".into()),
-                page_title: None,
-                referrer_host: None,
-                source: None,
-                medium: None,
-                campaign: None,
-                term: None,
-                content: None,
-                channel: None,
                 country: (n % 3 == 0).then(|| "GB".into()),
-                region: None,
-                city: None,
-                device: None,
-                browser: None,
-                os: None,
-                value: None,
-                currency: None,
                 params: serde_json::json!({}),
-                bot: false,
+                ..bare_event(site, workspace, t)
             });
             t += 37 * 60_000;
         }
@@ -703,34 +682,14 @@ async fn a_partly_stored_batch_adds_only_its_new_events() {
     let hour = 500_000 * 3_600_000;
     let events: Vec<AnalyticsEvent> = (0..10i64)
         .map(|n| AnalyticsEvent {
-            hit_id: tracking::HitId::new(),
-            site_id: site,
-            workspace_id: workspace,
-            time: Timestamp::from_millis(hour + n * 60_000),
             event_name: if n % 2 == 0 { "page_view" } else { "scroll" }.into(),
             visitor: format!("v{}", n % 3),
             session: format!("v{}:1", n % 3),
-            engaged: false,
             page_host: Some(HOST.into()),
             page_path: Some(format!("/p{}", n % 4)),
-            page_title: None,
-            referrer_host: None,
-            source: None,
-            medium: None,
-            campaign: None,
-            term: None,
-            content: None,
-            channel: None,
-            country: None,
-            region: None,
-            city: None,
             device: Some("desktop".into()),
-            browser: None,
-            os: None,
-            value: None,
-            currency: None,
             params: serde_json::json!({"n": n}),
-            bot: false,
+            ..bare_event(site, workspace, hour + n * 60_000)
         })
         .collect();
     let rolled_up = SqliteAnalytics::open_with(&path, 0).await.unwrap();
@@ -770,4 +729,43 @@ async fn a_partly_stored_batch_adds_only_its_new_events() {
     assert!((exact.avg_session_seconds - 420.0).abs() < 1e-9);
     let stored = raw.events(&query, None, 100).await.unwrap();
     assert_eq!(stored.len(), 10);
+}
+
+/// An event of `site` at `ms` with a fresh hit id and nothing else set; tests fill in what they
+/// need with `..bare_event(…)`.
+fn bare_event(
+    site: tracking::sites::SiteId,
+    workspace: platform::id::WorkspaceId,
+    ms: i64,
+) -> tracking::analytics::AnalyticsEvent {
+    tracking::analytics::AnalyticsEvent {
+        hit_id: tracking::HitId::new(),
+        site_id: site,
+        workspace_id: workspace,
+        time: platform::Timestamp::from_millis(ms),
+        event_name: String::new(),
+        visitor: String::new(),
+        session: String::new(),
+        engaged: false,
+        page_host: None,
+        page_path: None,
+        page_title: None,
+        referrer_host: None,
+        source: None,
+        medium: None,
+        campaign: None,
+        term: None,
+        content: None,
+        channel: None,
+        country: None,
+        region: None,
+        city: None,
+        device: None,
+        browser: None,
+        os: None,
+        value: None,
+        currency: None,
+        params: serde_json::Value::Null,
+        bot: false,
+    }
 }

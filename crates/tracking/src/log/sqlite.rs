@@ -124,14 +124,24 @@ impl SqliteLog {
             .connect_with(connect)
             .await
             .with_context(|| format!("cannot open event log {}", path.display()))?;
-        // The log's schema is two small tables (see "Rows" above); `records` came later, and
-        // files written before it hold one record per row, which its default describes.
-        sqlx::query(
+        // The log's schema is three small tables (see "Rows" and "Retention" above). `records`
+        // came later: files written before it hold one record per row, which its default
+        // describes. `log_marks`: now and then the writer notes the last sequence at that time
+        // (unix ms), so records past `max_age` are found without reading the rows.
+        sqlx::raw_sql(
             "CREATE TABLE IF NOT EXISTS log (
                  seq     INTEGER PRIMARY KEY AUTOINCREMENT,
                  payload BLOB NOT NULL,
                  records INTEGER NOT NULL DEFAULT 1
-             )",
+             );
+             CREATE TABLE IF NOT EXISTS log_groups (
+                 name  TEXT PRIMARY KEY,
+                 acked INTEGER NOT NULL
+             );
+             CREATE TABLE IF NOT EXISTS log_marks (
+                 at  INTEGER PRIMARY KEY,
+                 seq INTEGER NOT NULL
+             );",
         )
         .execute(&pool)
         .await?;
@@ -145,24 +155,6 @@ impl SqliteLog {
                 .execute(&pool)
                 .await?;
         }
-        sqlx::query(
-            "CREATE TABLE IF NOT EXISTS log_groups (
-                 name  TEXT PRIMARY KEY,
-                 acked INTEGER NOT NULL
-             )",
-        )
-        .execute(&pool)
-        .await?;
-        // Retention: now and then the writer notes the last sequence at that time (unix ms),
-        // so records past `max_age` are found without reading the rows (see `prune`).
-        sqlx::query(
-            "CREATE TABLE IF NOT EXISTS log_marks (
-                 at  INTEGER PRIMARY KEY,
-                 seq INTEGER NOT NULL
-             )",
-        )
-        .execute(&pool)
-        .await?;
         let last: i64 = sqlx::query_scalar(LAST_SEQUENCE).fetch_one(&pool).await?;
         let (sender, receiver) = mpsc::channel(options.queue_capacity);
         let (committed_tx, committed) = watch::channel(last);
@@ -515,7 +507,12 @@ fn write_loop(
             batch.bytes = 0;
         }
         if std::time::Instant::now() >= next_prune {
-            let more = prune(conn, options.max_age, unix_ms()).unwrap_or_else(|err| {
+            let more = prune(
+                conn,
+                options.max_age,
+                platform::Timestamp::now().as_millis(),
+            )
+            .unwrap_or_else(|err| {
                 tracing::warn!(error = %err, "event log retention failed; trying again later");
                 false
             });
@@ -635,32 +632,30 @@ fn commit(
     acks: &[(String, i64)],
     buffer: &mut Vec<u8>,
 ) -> rusqlite::Result<i64> {
-    statements.begin.execute([])?;
-    let written = statements
-        .last
-        .query_row([], |row| row.get::<_, i64>(0))
-        .and_then(|mut seq| {
-            for row in rows(payloads) {
-                seq += row.len() as i64;
-                let payload = pack(row, buffer)?;
-                statements
-                    .insert
-                    .execute(rusqlite::params![seq, row.len() as i64, payload])?;
-            }
-            Ok(seq)
-        })
-        .and_then(|last| {
-            acks.iter()
-                .try_for_each(|(group, sequence)| {
-                    statements
-                        .ack
-                        .execute(rusqlite::params![group, sequence])
-                        .map(drop)
-                })
-                .map(|()| last)
-        });
-    match written.and_then(|last| statements.commit.execute([]).map(|_| last)) {
-        Ok(last) => Ok(last),
+    transaction(conn, || {
+        let mut seq = statements.last.query_row([], |row| row.get::<_, i64>(0))?;
+        for row in rows(payloads) {
+            seq += row.len() as i64;
+            let payload = pack(row, buffer)?;
+            statements
+                .insert
+                .execute(rusqlite::params![seq, row.len() as i64, payload])?;
+        }
+        for (group, sequence) in acks {
+            statements.ack.execute(rusqlite::params![group, sequence])?;
+        }
+        Ok(seq)
+    })
+}
+
+/// Runs `work` in an immediate transaction and commits it; a failure anywhere rolls it back.
+fn transaction<T>(
+    conn: &rusqlite::Connection,
+    work: impl FnOnce() -> rusqlite::Result<T>,
+) -> rusqlite::Result<T> {
+    conn.execute_batch("BEGIN IMMEDIATE")?;
+    match work().and_then(|value| conn.execute_batch("COMMIT").map(|()| value)) {
+        Ok(value) => Ok(value),
         Err(err) => {
             if !conn.is_autocommit() {
                 let _ = conn.execute_batch("ROLLBACK");
@@ -674,12 +669,6 @@ fn commit(
 /// wait for a few milliseconds, not for a week of records.
 const PRUNE_RECORDS: i64 = 16_384;
 
-fn unix_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-}
-
 /// Retention, in its own transaction: notes the log's last sequence at `now` (unix ms), then
 /// deletes the oldest records that are both older than `max_age` (by the newest note at least
 /// that old) and acknowledged by every consumer group, at most [`PRUNE_RECORDS`] of them.
@@ -687,8 +676,7 @@ fn unix_ms() -> i64 {
 /// The sequences never restart: AUTOINCREMENT remembers the last one even in an empty table.
 fn prune(conn: &rusqlite::Connection, max_age: Duration, now: i64) -> rusqlite::Result<bool> {
     let cutoff = now.saturating_sub(i64::try_from(max_age.as_millis()).unwrap_or(i64::MAX));
-    conn.execute_batch("BEGIN IMMEDIATE")?;
-    let result = (|| {
+    transaction(conn, || {
         conn.execute(
             &format!("INSERT OR REPLACE INTO log_marks (at, seq) SELECT ?1, ({LAST_SEQUENCE})"),
             [now],
@@ -713,38 +701,25 @@ fn prune(conn: &rusqlite::Connection, max_age: Duration, now: i64) -> rusqlite::
             [up_to, cutoff],
         )?;
         Ok(up_to < bound)
-    })();
-    match result.and_then(|more| conn.execute_batch("COMMIT").map(|()| more)) {
-        Ok(more) => Ok(more),
-        Err(err) => {
-            if !conn.is_autocommit() {
-                let _ = conn.execute_batch("ROLLBACK");
-            }
-            Err(err)
-        }
-    }
+    })
 }
 
 /// The writer's statements, prepared once.
 struct Statements<'c> {
-    begin: rusqlite::Statement<'c>,
     last: rusqlite::Statement<'c>,
     insert: rusqlite::Statement<'c>,
     ack: rusqlite::Statement<'c>,
-    commit: rusqlite::Statement<'c>,
 }
 
 impl<'c> Statements<'c> {
     fn prepare(conn: &'c rusqlite::Connection) -> rusqlite::Result<Self> {
         Ok(Self {
-            begin: conn.prepare("BEGIN IMMEDIATE")?,
             last: conn.prepare(LAST_SEQUENCE)?,
             insert: conn.prepare("INSERT INTO log (seq, records, payload) VALUES (?1, ?2, ?3)")?,
             ack: conn.prepare(
                 "INSERT INTO log_groups (name, acked) VALUES (?1, ?2)
                  ON CONFLICT (name) DO UPDATE SET acked = MAX(acked, excluded.acked)",
             )?,
-            commit: conn.prepare("COMMIT")?,
         })
     }
 }
@@ -1148,7 +1123,7 @@ mod tests {
 
         let conn = connect_blocking(&dir.path().join("events.db")).unwrap();
         let hour = Duration::from_secs(3600);
-        let now = unix_ms();
+        let now = platform::Timestamp::now().as_millis();
         // Nothing is an hour old yet.
         assert!(!prune(&conn, hour, now).unwrap());
         assert_eq!(log.count().await.unwrap(), 10);
@@ -1224,7 +1199,7 @@ mod tests {
         let total = 40_000i64;
         let payloads: Vec<Vec<u8>> = (0..total).map(|i| i.to_le_bytes().to_vec()).collect();
         commit(&conn, &mut statements, &payloads, &[], &mut Vec::new()).unwrap();
-        let now = unix_ms();
+        let now = platform::Timestamp::now().as_millis();
         let hour = Duration::from_secs(3600);
         assert!(!prune(&conn, hour, now).unwrap(), "nothing is old yet");
         // No group has ever acknowledged anything: age alone decides.
