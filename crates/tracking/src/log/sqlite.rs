@@ -14,10 +14,12 @@
 //!
 //! **Pipelined fsync.** The fsync is not done inside the commit (`synchronous = FULL` would):
 //! the writer commits with `synchronous = NORMAL`, which writes the WAL frames and returns, and
-//! hands the batch's waiters to a syncer thread, which fsyncs the WAL file and only then
-//! answers them. While one batch is being synced the writer already commits the next, so a
-//! request waits for one commit and one fsync instead of queueing behind every earlier batch's
-//! commit-and-fsync. Durability is the same as `FULL`'s: a waiter is answered only after an
+//! fsyncs the WAL file itself before answering the batch, unless a large backlog waits behind
+//! it: then it hands the batch's waiters to a syncer thread, which fsyncs and answers them,
+//! while the writer already commits the next batch, so a request waits for one commit and one
+//! fsync instead of queueing behind every earlier batch's commit-and-fsync. (Without a backlog
+//! there is nothing to overlap, and the hand-off would cost two thread wake-ups per batch.)
+//! Durability is the same as `FULL`'s: a waiter is answered only after an
 //! fsync of the WAL that began after its commit had written its frames (and the WAL header,
 //! when the commit restarted the WAL), which is what `FULL` does at the end of each commit;
 //! checkpoints sync the WAL before they copy it, in both modes. The syncer's queue is bounded,
@@ -171,12 +173,15 @@ impl SqliteLog {
                     }
                 };
                 let (sync_tx, sync_rx) = std::sync::mpsc::sync_channel(SYNC_QUEUE);
-                let wal = wal_path(&writer_path);
+                let durable = std::sync::Arc::new(Durable {
+                    wal: wal_path(&writer_path),
+                    committed: committed_tx,
+                });
                 let in_flight = std::sync::Arc::new(InFlight::default());
-                let syncing = in_flight.clone();
+                let (syncing, syncer_durable) = (in_flight.clone(), durable.clone());
                 let syncer = match std::thread::Builder::new()
                     .name("event-log-sync".into())
-                    .spawn(move || sync_loop(&wal, sync_rx, &syncing, &committed_tx))
+                    .spawn(move || sync_loop(&syncer_durable, sync_rx, &syncing))
                 {
                     Ok(handle) => handle,
                     Err(err) => {
@@ -185,7 +190,7 @@ impl SqliteLog {
                     }
                 };
                 let _ = ready_tx.send(Ok(()));
-                let closers = write_loop(&conn, receiver, sync_tx, &in_flight, &options);
+                let closers = write_loop(&conn, receiver, sync_tx, &in_flight, &durable, &options);
                 // Every batch committed before the close is synced and answered first.
                 let _ = syncer.join();
                 for done in closers {
@@ -330,6 +335,11 @@ impl InFlight {
         }
     }
 
+    /// Whether the syncer has nothing left.
+    fn idle(&self) -> bool {
+        *self.lock() == 0
+    }
+
     /// Waits at most `timeout` for the syncer to have nothing left; whether it has nothing.
     fn wait_idle(&self, timeout: Duration) -> bool {
         let (n, _) = self
@@ -340,43 +350,63 @@ impl InFlight {
     }
 }
 
-/// The syncer thread's loop: takes every committed batch waiting, fsyncs the WAL once for all
-/// of them, then answers their waiters and announces the new last sequence to subscribers.
-fn sync_loop(
-    wal: &Path,
-    batches: std::sync::mpsc::Receiver<Committed>,
-    in_flight: &InFlight,
-    committed: &watch::Sender<i64>,
-) {
-    // The WAL exists once the writer has committed, which it has before it sends anything.
-    let mut file: Option<std::fs::File> = None;
-    while let Ok(first) = batches.recv() {
-        let mut ready = vec![first];
-        ready.extend(batches.try_iter());
-        // fdatasync: the frames and the file's new length, which is all a reader needs.
+/// Makes committed batches durable and answers them: the WAL file and the subscribers to wake.
+/// Both the writer (for a batch with nothing queued behind it) and the syncer thread use it.
+struct Durable {
+    wal: std::path::PathBuf,
+    /// The highest durable sequence, so subscribers wake without polling.
+    committed: watch::Sender<i64>,
+}
+
+impl Durable {
+    /// fsyncs the WAL once for all of `batches` (the caller's `file`, opened on first use), then
+    /// answers their waiters and announces their last sequence.
+    fn sync(&self, file: &mut Option<std::fs::File>, batches: Vec<Committed>) {
+        // fdatasync: the frames and the file's new length, which is all a reader needs. The
+        // WAL exists once the writer has committed, which it has before any batch is here.
         let synced = file
             .take()
-            .map_or_else(|| std::fs::File::open(wal), Ok)
+            .map_or_else(|| std::fs::File::open(&self.wal), Ok)
             .and_then(|f| f.sync_data().map(|()| f));
         let answer = match synced {
             Ok(f) => {
-                file = Some(f);
+                *file = Some(f);
                 Ok(())
             }
             Err(err) => {
-                tracing::error!(error = %err, wal = %wal.display(), "event log fsync failed");
+                tracing::error!(error = %err, wal = %self.wal.display(), "event log fsync failed");
                 Err(format!("the event log could not be synced to disk: {err}"))
             }
         };
         if answer.is_ok()
-            && let Some(last) = ready.iter().filter_map(|b| b.last).max()
+            && let Some(last) = batches.iter().filter_map(|b| b.last).max()
         {
-            committed.send_replace(last);
+            // Writer and syncer both announce: only ever forward.
+            self.committed.send_if_modified(|seq| {
+                let newer = last > *seq;
+                *seq = (*seq).max(last);
+                newer
+            });
         }
-        let count = ready.len();
-        for waiter in ready.into_iter().flat_map(|b| b.waiters) {
+        for waiter in batches.into_iter().flat_map(|b| b.waiters) {
             let _ = waiter.send(answer.clone());
         }
+    }
+}
+
+/// The syncer thread's loop: takes every committed batch waiting, fsyncs the WAL once for all
+/// of them, then answers them (see [`Durable::sync`]).
+fn sync_loop(
+    durable: &Durable,
+    batches: std::sync::mpsc::Receiver<Committed>,
+    in_flight: &InFlight,
+) {
+    let mut file = None;
+    while let Ok(first) = batches.recv() {
+        let mut ready = vec![first];
+        ready.extend(batches.try_iter());
+        let count = ready.len();
+        durable.sync(&mut file, ready);
         in_flight.answered(count);
     }
 }
@@ -433,9 +463,15 @@ impl Batch {
     }
 }
 
-/// The writer thread's loop: one transaction per batch of waiting appends, each handed to the
-/// syncer once committed, until `Close` (returns whoever asked to close) or until every sender
-/// is gone. Returning drops `syncer`, which lets the sync loop finish.
+/// The writer thread's loop: one transaction per batch of waiting appends, each made durable
+/// once committed, until `Close` (returns whoever asked to close) or until every sender is
+/// gone. Returning drops `syncer`, which lets the sync loop finish.
+///
+/// A committed batch is fsynced by the writer itself when nothing waits behind it: handing it
+/// to the syncer would only cost two thread wake-ups, since the next commit would wait for that
+/// fsync anyway (below). It goes to the syncer when the syncer still has earlier batches (they
+/// are answered in order) or when a large backlog waits ([`COMMIT_WHILE_SYNCING`]), which the
+/// writer then commits while the fsync runs.
 ///
 /// While the syncer is still busy with earlier batches, the writer does not commit what it
 /// has: those appends could not be synced before the syncer is free anyway, and one larger
@@ -447,6 +483,7 @@ fn write_loop(
     mut receiver: mpsc::Receiver<Message>,
     syncer: std::sync::mpsc::SyncSender<Committed>,
     in_flight: &InFlight,
+    durable: &Durable,
     options: &Options,
 ) -> Vec<oneshot::Sender<()>> {
     let mut statements = match Statements::prepare(conn) {
@@ -461,6 +498,8 @@ fn write_loop(
     let early_bytes = COMMIT_WHILE_SYNCING_BYTES.min(options.max_batch_bytes);
     let mut batch = Batch::default();
     let mut row = Vec::new();
+    // The writer's own handle on the WAL, for the batches it syncs itself.
+    let mut wal = None;
     // The first look is at the first commit: a file that was not written for a while may have
     // records to delete at once.
     let mut next_prune = std::time::Instant::now();
@@ -490,10 +529,14 @@ fn write_loop(
                         last: (!batch.payloads.is_empty()).then_some(last),
                         waiters: std::mem::take(&mut batch.waiters),
                     };
-                    in_flight.sent();
-                    // The syncer stops only when this sender is dropped, so this cannot fail;
-                    // if it did, dropping the waiters answers them "writer stopped".
-                    let _ = syncer.send(committed);
+                    if in_flight.idle() && receiver.len() < early_records {
+                        durable.sync(&mut wal, vec![committed]);
+                    } else {
+                        in_flight.sent();
+                        // The syncer stops only when this sender is dropped, so this cannot
+                        // fail; if it did, dropping the waiters answers them "writer stopped".
+                        let _ = syncer.send(committed);
+                    }
                 }
                 Err(err) => {
                     tracing::error!(error = %err, records = batch.payloads.len(), "event log commit failed");
@@ -856,6 +899,45 @@ mod tests {
         }
         assert_eq!(seen.len(), 1000);
         assert!(seen.windows(2).all(|w| w[0] < w[1]), "in order, once each");
+    }
+
+    /// With batches of at most 4 records, 1,000 concurrent appends leave a backlog behind most
+    /// commits, so the syncer thread takes their fsyncs while the writer commits on, and the
+    /// writer syncs the last ones itself: every record lands, in order, and a subscriber is
+    /// woken for all of them.
+    #[tokio::test]
+    async fn fsyncs_handed_to_the_syncer_and_done_by_the_writer_all_land() {
+        let options = Options {
+            max_batch: 4,
+            ..Options::default()
+        };
+        let (_dir, log) = open_temp(options).await;
+        let log = std::sync::Arc::new(log);
+        let mut sub = log.subscribe("analytics").await.unwrap();
+        let mut tasks = Vec::new();
+        for i in 0..1000u32 {
+            let log = log.clone();
+            tasks.push(tokio::spawn(async move {
+                log.append(format!("{{\"n\":{i}}}").into_bytes()).await
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap().unwrap();
+        }
+        assert_eq!(log.count().await.unwrap(), 1000);
+        assert_eq!(
+            *log.committed.borrow(),
+            1000,
+            "subscribers know every record"
+        );
+        let mut seen = Vec::new();
+        while seen.len() < 1000 {
+            let batch = sub.next_batch(1000, Duration::from_secs(5)).await.unwrap();
+            assert!(!batch.is_empty(), "woken for every record");
+            seen.extend(batch.iter().map(|d| d.sequence));
+            sub.ack(&batch).await.unwrap();
+        }
+        assert!(seen.iter().copied().eq(1..=1000), "in order, once each");
     }
 
     #[tokio::test]
