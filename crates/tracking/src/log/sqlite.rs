@@ -381,12 +381,9 @@ impl Durable {
         if answer.is_ok()
             && let Some(last) = batches.iter().filter_map(|b| b.last).max()
         {
-            // Writer and syncer both announce: only ever forward.
-            self.committed.send_if_modified(|seq| {
-                let newer = last > *seq;
-                *seq = (*seq).max(last);
-                newer
-            });
+            // In order: the writer syncs a batch itself only when the syncer has answered (and
+            // announced) every earlier one.
+            self.committed.send_replace(last);
         }
         for waiter in batches.into_iter().flat_map(|b| b.waiters) {
             let _ = waiter.send(answer.clone());
@@ -868,20 +865,28 @@ mod tests {
         (dir, log)
     }
 
+    /// Appends `payload(i)` for every `i` of `range` at once, a task each; every append succeeds.
+    async fn append_concurrently(
+        log: &std::sync::Arc<SqliteLog>,
+        range: std::ops::Range<u32>,
+        payload: impl Fn(u32) -> String,
+    ) {
+        let tasks: Vec<_> = range
+            .map(|i| {
+                let (log, bytes) = (log.clone(), payload(i).into_bytes());
+                tokio::spawn(async move { log.append(bytes).await })
+            })
+            .collect();
+        for task in tasks {
+            task.await.unwrap().unwrap();
+        }
+    }
+
     #[tokio::test]
     async fn concurrent_appends_share_commits_and_all_land() {
         let (_dir, log) = open_temp(Options::default()).await;
         let log = std::sync::Arc::new(log);
-        let mut tasks = Vec::new();
-        for i in 0..1000u32 {
-            let log = log.clone();
-            tasks.push(tokio::spawn(async move {
-                log.append(format!("{{\"n\":{i}}}").into_bytes()).await
-            }));
-        }
-        for t in tasks {
-            t.await.unwrap().unwrap();
-        }
+        append_concurrently(&log, 0..1000, |i| format!("{{\"n\":{i}}}")).await;
         assert_eq!(log.count().await.unwrap(), 1000);
 
         let mut sub = log.subscribe("analytics").await.unwrap();
@@ -914,16 +919,7 @@ mod tests {
         let (_dir, log) = open_temp(options).await;
         let log = std::sync::Arc::new(log);
         let mut sub = log.subscribe("analytics").await.unwrap();
-        let mut tasks = Vec::new();
-        for i in 0..1000u32 {
-            let log = log.clone();
-            tasks.push(tokio::spawn(async move {
-                log.append(format!("{{\"n\":{i}}}").into_bytes()).await
-            }));
-        }
-        for t in tasks {
-            t.await.unwrap().unwrap();
-        }
+        append_concurrently(&log, 0..1000, |i| format!("{{\"n\":{i}}}")).await;
         assert_eq!(log.count().await.unwrap(), 1000);
         assert_eq!(
             *log.committed.borrow(),
@@ -1151,15 +1147,7 @@ mod tests {
             .unwrap();
         }
         let log = std::sync::Arc::new(SqliteLog::open(&path, Options::default()).await.unwrap());
-        let appends: Vec<_> = (0..300)
-            .map(|i| {
-                let log = log.clone();
-                tokio::spawn(async move { log.append(format!("n{i}").into_bytes()).await })
-            })
-            .collect();
-        for append in appends {
-            append.await.unwrap().unwrap();
-        }
+        append_concurrently(&log, 0..300, |i| format!("n{i}")).await;
         assert_eq!(log.count().await.unwrap(), 303);
         let seen = read_all(&log, "fresh", 7).await;
         assert_eq!(
