@@ -14,13 +14,13 @@
 mod rollups;
 
 use std::path::Path;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use anyhow::Context;
 use futures::FutureExt;
 use futures::future::BoxFuture;
 use platform::Timestamp;
-use rustc_hash::FxHashSet as HashSet;
 use sqlx::sqlite::{
     SqliteArguments, SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow,
     SqliteSynchronous,
@@ -58,16 +58,47 @@ pub(super) const COLUMNS: &str = "hit_id, site_id, workspace_id, ts, event_name,
     page_host, page_path, page_title, referrer_host, source, medium, campaign, term, content, channel, \
     country, region, city, device, browser, os, value, currency, params, bot";
 
-/// Rows per multi-row insert (28 columns each, well under SQLite's parameter limit).
-const ROWS_PER_INSERT: usize = 200;
-
 /// Ranges with fewer events than this are answered exactly from raw rows even when rollups
 /// could answer them: the scan costs a few milliseconds there.
 pub const DEFAULT_EXACT_BELOW: i64 = 20_000;
 
 pub struct SqliteAnalytics {
+    /// Readers: the dashboard's queries and the pipeline's session lookups.
     pool: SqlitePool,
+    writer: Writer,
     exact_below: i64,
+}
+
+/// The one connection that writes `analytics.db` (raw rows and rollups): a `rusqlite`
+/// connection used in place, on the calling thread. Through sqlx, every statement ran on the
+/// connection's own worker thread with each argument first copied into an owned value, and
+/// that thread was the pipeline's critical path (bench/RESULTS.md, 2026-12-03b: 31–34 µs per
+/// event, a sixth of it binding). Here each statement is prepared once per insert and executed
+/// a row at a time with borrowed values, as the event log's writer does.
+pub(super) struct Writer(Mutex<rusqlite::Connection>);
+
+impl Writer {
+    fn open(path: &Path) -> anyhow::Result<Writer> {
+        let conn = rusqlite::Connection::open(path)?;
+        conn.busy_timeout(Duration::from_secs(10))?;
+        // The same settings as the pool's connections (see `open_with`).
+        conn.execute_batch(
+            "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA cache_size = -65536;
+             PRAGMA temp_store = memory; PRAGMA wal_autocheckpoint = 4000;",
+        )?;
+        Ok(Writer(Mutex::new(conn)))
+    }
+
+    /// Runs `work` on the connection, blocking: on a multi-threaded runtime in
+    /// `block_in_place`, so the worker's other tasks move to another thread meanwhile; on a
+    /// current-thread runtime (tests) in place. One writer at a time: SQLite allows no more.
+    pub(super) fn with<T>(&self, work: impl FnOnce(&mut rusqlite::Connection) -> T) -> T {
+        let run = || work(&mut self.0.lock().unwrap_or_else(|e| e.into_inner()));
+        match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+            Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(run),
+            _ => run(),
+        }
+    }
 }
 
 impl SqliteAnalytics {
@@ -103,10 +134,16 @@ impl SqliteAnalytics {
         for statement in SCHEMA.iter().chain(rollups::SCHEMA) {
             sqlx::query(*statement).execute(&pool).await?;
         }
-        rollups::ensure_built(&pool)
+        let writer = Writer::open(path)
+            .with_context(|| format!("cannot open analytics database {}", path.display()))?;
+        rollups::ensure_built(&pool, &writer)
             .await
             .context("cannot build the analytics rollups")?;
-        Ok(SqliteAnalytics { pool, exact_below })
+        Ok(SqliteAnalytics {
+            pool,
+            writer,
+            exact_below,
+        })
     }
 
     /// The epoch hours `[from, to)` when rollups should answer `query` over that range: no
@@ -225,105 +262,93 @@ fn column_sql(
     })
 }
 
-/// One multi-row insert of `events` that skips hit ids already stored; with `returning`, it
-/// yields the hit id of each row it wrote.
+/// Inserts `events` one row each, skipping hit ids already stored; says which were written.
 fn insert_rows(
+    conn: &rusqlite::Connection,
     events: &[AnalyticsEvent],
-    returning: bool,
-) -> sqlx::query::Query<'_, sqlx::Sqlite, SqliteArguments> {
-    let placeholders =
-        vec!["(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"; events.len()].join(",");
-    let returning = if returning { " RETURNING hit_id" } else { "" };
-    let sql = format!(
-        "INSERT INTO events ({COLUMNS}) VALUES {placeholders} ON CONFLICT (hit_id) DO NOTHING{returning}"
-    );
-    let mut query = sqlx::query(AssertSqlSafe(sql));
-    for e in events {
-        query = query
-            .bind(e.hit_id)
-            .bind(e.site_id)
-            .bind(e.workspace_id)
-            .bind(e.time.as_millis())
-            .bind(&e.event_name)
-            .bind(&e.visitor)
-            .bind(&e.session)
-            .bind(e.engaged)
-            .bind(&e.page_host)
-            .bind(&e.page_path)
-            .bind(&e.page_title)
-            .bind(&e.referrer_host)
-            .bind(&e.source)
-            .bind(&e.medium)
-            .bind(&e.campaign)
-            .bind(&e.term)
-            .bind(&e.content)
-            .bind(&e.channel)
-            .bind(&e.country)
-            .bind(&e.region)
-            .bind(&e.city)
-            .bind(&e.device)
-            .bind(&e.browser)
-            .bind(&e.os)
-            .bind(e.value)
-            .bind(&e.currency)
-            .bind(e.params.to_string())
-            .bind(e.bot);
-    }
-    query
+) -> anyhow::Result<Vec<bool>> {
+    let placeholders = (1..=28)
+        .map(|i| format!("?{i}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let mut insert = conn.prepare(&format!(
+        "INSERT INTO events ({COLUMNS}) VALUES ({placeholders}) ON CONFLICT (hit_id) DO NOTHING"
+    ))?;
+    let mut params = Vec::new();
+    events
+        .iter()
+        .map(|e| {
+            params.clear();
+            serde_json::to_writer(&mut params, &e.params)?;
+            let written = insert.execute(rusqlite::params![
+                e.hit_id.0.as_bytes(),
+                e.site_id.0.as_bytes(),
+                e.workspace_id.0.as_bytes(),
+                e.time.as_millis(),
+                e.event_name,
+                e.visitor,
+                e.session,
+                e.engaged,
+                e.page_host,
+                e.page_path,
+                e.page_title,
+                e.referrer_host,
+                e.source,
+                e.medium,
+                e.campaign,
+                e.term,
+                e.content,
+                e.channel,
+                e.country,
+                e.region,
+                e.city,
+                e.device,
+                e.browser,
+                e.os,
+                e.value,
+                e.currency,
+                // serde_json writes UTF-8.
+                std::str::from_utf8(&params)?,
+                e.bot,
+            ])?;
+            Ok(written == 1)
+        })
+        .collect()
 }
 
 impl AnalyticsStore for SqliteAnalytics {
     fn insert<'a>(&'a self, events: &'a [AnalyticsEvent]) -> BoxFuture<'a, anyhow::Result<()>> {
         async move {
-            // The common case is a batch of hits never seen before: insert without asking which
-            // rows were written (`RETURNING` sends one row per event back from the connection
-            // thread), and if every row was written, every event is fresh. Otherwise (a
-            // redelivery) start over and let `RETURNING` name the rows actually written.
-            let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-            let (inserted, fold) = futures::join!(
-                async {
-                    let mut inserted = 0u64;
-                    for chunk in events.chunks(ROWS_PER_INSERT) {
-                        inserted += insert_rows(chunk, false)
-                            .execute(&mut *tx)
-                            .await?
-                            .rows_affected();
-                    }
-                    anyhow::Ok(inserted)
-                },
-                // Meanwhile (the rows are written on the connection's own thread): what the
-                // events add to the rollups if all of them are new. In slices, yielding, so the
-                // next insert is issued as soon as the previous one is done.
-                async {
-                    let mut fold = rollups::Fold::default();
-                    for slice in events.chunks(ROWS_PER_INSERT) {
-                        slice.iter().for_each(|e| fold.add(e));
-                        tokio::task::yield_now().await;
-                    }
+            self.writer.with(|conn| {
+                let tx =
+                    conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+                // Meanwhile, on a second thread: what the events add to the rollups if all of
+                // them are new, the common case.
+                let (written, fold) = std::thread::scope(|scope| {
+                    let fold = scope.spawn(|| events.iter().collect::<rollups::Fold>());
+                    let written = insert_rows(&tx, events);
+                    (written, fold.join())
+                });
+                let (written, fold) = (
+                    written?,
+                    fold.unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
+                );
+                let fold = if written.iter().all(|w| *w) {
                     fold
-                },
-            );
-            let fold = if inserted? == events.len() as u64 {
-                fold
-            } else {
-                drop(fold);
-                tx.rollback().await?;
-                tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-                let mut written = HashSet::default();
-                for chunk in events.chunks(ROWS_PER_INSERT) {
-                    for row in insert_rows(chunk, true).fetch_all(&mut *tx).await? {
-                        written.insert(row.try_get::<HitId, _>(0)?);
-                    }
-                }
-                // `remove`: a hit twice in one batch is written, and counted, once.
-                events
-                    .iter()
-                    .filter(|e| written.remove(&e.hit_id))
-                    .collect()
-            };
-            rollups::apply(&mut tx, fold).await?;
-            tx.commit().await?;
-            Ok(())
+                } else {
+                    // A redelivery: count only the rows this insert wrote (a hit twice in one
+                    // batch is written, and counted, once).
+                    drop(fold);
+                    events
+                        .iter()
+                        .zip(&written)
+                        .filter_map(|(e, written)| written.then_some(e))
+                        .collect()
+                };
+                rollups::apply(&tx, fold)?;
+                tx.commit()?;
+                Ok(())
+            })
         }
         .boxed()
     }

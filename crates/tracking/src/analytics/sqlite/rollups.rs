@@ -6,9 +6,11 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use rustc_hash::FxHashMap;
 
-use sqlx::sqlite::{SqliteArguments, SqliteRow};
-use sqlx::{Arguments, AssertSqlSafe, Row, SqliteConnection, SqlitePool};
+use rusqlite::OptionalExtension;
+use sqlx::sqlite::SqliteRow;
+use sqlx::{AssertSqlSafe, Row, SqlitePool};
 
+use super::Writer;
 use crate::analytics::AnalyticsEvent;
 use crate::analytics::rollup::{
     ALL, Cell, DIMENSIONS, Delta, HOUR, Key, SessionStats, cover, value_key,
@@ -50,16 +52,6 @@ pub const SCHEMA: &[&str] = &[
 
 /// Bump to rebuild every rollup from the raw events on the next open.
 const VERSION: &str = "1";
-
-/// Rows per multi-row statement.
-const CHUNK: usize = 500;
-
-fn arg<'q, T>(args: &mut SqliteArguments, value: T) -> anyhow::Result<()>
-where
-    T: sqlx::Encode<'q, sqlx::Sqlite> + sqlx::Type<sqlx::Sqlite> + 'q,
-{
-    args.add(value).map_err(anyhow::Error::msg)
-}
 
 /// `(first, last)` of each run of `buckets` (ascending) whose neighbours are `step` apart.
 fn adjacent_runs(buckets: &BTreeSet<i64>, step: i64) -> Vec<(i64, i64)> {
@@ -107,8 +99,10 @@ impl<'a> FromIterator<&'a AnalyticsEvent> for Fold<'a> {
 }
 
 /// Folds newly stored events (each counted exactly once: the caller adds to `fold` only the
-/// events its insert actually wrote) into `sessions` and `rollups`.
-pub async fn apply(conn: &mut SqliteConnection, fold: Fold<'_>) -> anyhow::Result<()> {
+/// events its insert actually wrote) into `sessions` and `rollups`, on the store's writing
+/// connection inside the caller's transaction. One prepared statement per kind, executed once
+/// per row: primary-key lookups and single-row upserts, no SQL built per batch.
+pub fn apply(conn: &rusqlite::Connection, fold: Fold<'_>) -> anyhow::Result<()> {
     let Fold {
         mut delta,
         sessions: batch_sessions,
@@ -118,40 +112,24 @@ pub async fn apply(conn: &mut SqliteConnection, fold: Fold<'_>) -> anyhow::Resul
     }
 
     // Sessions: old aggregate out, new aggregate in.
-    let mut by_site: FxHashMap<SiteId, Vec<&str>> = FxHashMap::default();
-    for (site, session) in batch_sessions.keys() {
-        by_site.entry(*site).or_default().push(session);
-    }
-    let mut stored: FxHashMap<(SiteId, String), SessionStats> = FxHashMap::default();
-    for (site, sessions) in &by_site {
-        for chunk in sessions.chunks(CHUNK) {
-            let mut args = SqliteArguments::default();
-            arg(&mut args, *site)?;
-            for s in chunk {
-                arg(&mut args, *s)?;
-            }
-            let placeholders = (2..chunk.len() + 2)
-                .map(|i| format!("?{i}"))
-                .collect::<Vec<_>>()
-                .join(",");
-            let rows: Vec<SqliteRow> = sqlx::query_with(
-                AssertSqlSafe(format!(
-                    "SELECT session, visitor, start_ts, end_ts, events, pageviews, engaged,
-                            entry_ts, entry_page, exit_ts, exit_page
-                     FROM sessions WHERE site_id = ?1 AND session IN ({placeholders})"
-                )),
-                args,
-            )
-            .fetch_all(&mut *conn)
-            .await?;
-            for r in rows {
-                stored.insert((*site, r.try_get("session")?), session_from_row(&r)?);
-            }
-        }
-    }
-    let mut updated = Vec::with_capacity(batch_sessions.len());
+    let mut read_session = conn.prepare(
+        "SELECT visitor, start_ts, end_ts, events, pageviews, engaged,
+                entry_ts, entry_page, exit_ts, exit_page
+         FROM sessions WHERE site_id = ?1 AND session = ?2",
+    )?;
+    let mut write_session = conn.prepare(
+        "INSERT OR REPLACE INTO sessions (site_id, session, visitor, start_ts, end_ts,
+            events, pageviews, engaged, entry_ts, entry_page, exit_ts, exit_page)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+    )?;
     for ((site, session), batch) in batch_sessions {
-        let new = match stored.remove(&(site, session.to_owned())) {
+        let stored = read_session
+            .query_row(
+                rusqlite::params![site.0.as_bytes(), session],
+                session_from_row,
+            )
+            .optional()?;
+        let new = match stored {
             Some(old) => {
                 delta.add_session(site, &old, -1);
                 let mut new = old;
@@ -161,35 +139,21 @@ pub async fn apply(conn: &mut SqliteConnection, fold: Fold<'_>) -> anyhow::Resul
             None => batch,
         };
         delta.add_session(site, &new, 1);
-        updated.push((site, session, new));
-    }
-    for chunk in updated.chunks(CHUNK) {
-        let mut args = SqliteArguments::default();
-        for (site, session, s) in chunk {
-            arg(&mut args, *site)?;
-            arg(&mut args, *session)?;
-            arg(&mut args, s.visitor.as_str())?;
-            arg(&mut args, s.start_ts)?;
-            arg(&mut args, s.end_ts)?;
-            arg(&mut args, s.events)?;
-            arg(&mut args, s.pageviews)?;
-            arg(&mut args, s.engaged)?;
-            arg(&mut args, s.entry.as_ref().map(|e| e.0))?;
-            arg(&mut args, s.entry.as_ref().and_then(|e| e.1.clone()))?;
-            arg(&mut args, s.exit.as_ref().map(|e| e.0))?;
-            arg(&mut args, s.exit.as_ref().and_then(|e| e.1.clone()))?;
-        }
-        let placeholders = vec!["(?,?,?,?,?,?,?,?,?,?,?,?)"; chunk.len()].join(",");
-        sqlx::query_with(
-            AssertSqlSafe(format!(
-                "INSERT OR REPLACE INTO sessions (site_id, session, visitor, start_ts, end_ts,
-                    events, pageviews, engaged, entry_ts, entry_page, exit_ts, exit_page)
-                 VALUES {placeholders}"
-            )),
-            args,
-        )
-        .execute(&mut *conn)
-        .await?;
+        let (entry, exit) = (new.entry.as_ref(), new.exit.as_ref());
+        write_session.execute(rusqlite::params![
+            site.0.as_bytes(),
+            session,
+            new.visitor,
+            new.start_ts,
+            new.end_ts,
+            new.events,
+            new.pageviews,
+            new.engaged,
+            entry.map(|e| e.0),
+            entry.and_then(|e| e.1.as_deref()),
+            exit.map(|e| e.0),
+            exit.and_then(|e| e.1.as_deref()),
+        ])?;
     }
 
     // Rollup cells: read what is stored for the touched keys, add, write back. The stored cells
@@ -205,30 +169,25 @@ pub async fn apply(conn: &mut SqliteConnection, fold: Fold<'_>) -> anyhow::Resul
         .map(|code| code.to_string())
         .collect::<Vec<_>>()
         .join(",");
-    let read_sql = format!(
+    let mut read_cells = conn.prepare(&format!(
         "SELECT dim, bucket, value, events, pageviews, sessions, bounces, duration_ms, visitors
          FROM rollups WHERE site_id = ?1 AND dim IN ({dims}) AND grain = ?2
          AND bucket >= ?3 AND bucket <= ?4"
-    );
+    ))?;
     // Stored cells of touched keys: (site, dim, grain, bucket) → stored value key → cell.
     let mut existing: FxHashMap<(SiteId, u8, u8, i64), FxHashMap<String, Cell>> =
         FxHashMap::default();
     for ((site, grain), buckets) in &touched {
         let step = if *grain == HOUR { 1 } else { 24 };
         for (lo, hi) in adjacent_runs(buckets, step) {
-            let rows: Vec<SqliteRow> = sqlx::query(AssertSqlSafe(read_sql.as_str()))
-                .bind(*site)
-                .bind(i64::from(*grain))
-                .bind(lo)
-                .bind(hi)
-                .fetch_all(&mut *conn)
-                .await?;
-            for r in &rows {
-                let dim = u8::try_from(r.try_get::<i64, _>("dim")?)?;
-                let bucket: i64 = r.try_get("bucket")?;
-                let value: String = r.try_get("value")?;
+            let mut rows = read_cells.query(rusqlite::params![site.0.as_bytes(), grain, lo, hi])?;
+            while let Some(r) = rows.next()? {
+                let dim: u8 = r.get(0)?;
+                let bucket: i64 = r.get(1)?;
+                let value = r.get_ref(2)?.as_str()?;
                 let key: Key<'_> = (*site, dim, *grain, bucket, value.strip_prefix('='));
                 if delta.cells.contains_key(&key) {
+                    let value = value.to_owned();
                     existing
                         .entry((*site, dim, *grain, bucket))
                         .or_default()
@@ -250,68 +209,61 @@ pub async fn apply(conn: &mut SqliteConnection, fold: Fold<'_>) -> anyhow::Resul
     }
     // In the index's order: neighbouring writes land on the same pages.
     merged.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-    for chunk in merged.chunks(CHUNK) {
-        let mut args = SqliteArguments::default();
-        for ((site, dim, grain, bucket, _), value, cell) in chunk {
-            arg(&mut args, *site)?;
-            arg(&mut args, i64::from(*dim))?;
-            arg(&mut args, i64::from(*grain))?;
-            arg(&mut args, *bucket)?;
-            arg(&mut args, value.as_str())?;
-            arg(&mut args, cell.events)?;
-            arg(&mut args, cell.pageviews)?;
-            arg(&mut args, cell.sessions)?;
-            arg(&mut args, cell.bounces)?;
-            arg(&mut args, cell.duration_ms)?;
-            arg(&mut args, cell.visitors.to_bytes())?;
-        }
-        let placeholders = vec!["(?,?,?,?,?,?,?,?,?,?,?)"; chunk.len()].join(",");
-        sqlx::query_with(
-            AssertSqlSafe(format!(
-                "INSERT INTO rollups (site_id, dim, grain, bucket, value, events, pageviews,
-                    sessions, bounces, duration_ms, visitors)
-                 VALUES {placeholders}
-                 ON CONFLICT (site_id, dim, grain, bucket, value) DO UPDATE SET
-                    events = excluded.events, pageviews = excluded.pageviews,
-                    sessions = excluded.sessions, bounces = excluded.bounces,
-                    duration_ms = excluded.duration_ms, visitors = excluded.visitors"
-            )),
-            args,
-        )
-        .execute(&mut *conn)
-        .await?;
+    let mut write_cell = conn.prepare(
+        "INSERT INTO rollups (site_id, dim, grain, bucket, value, events, pageviews,
+            sessions, bounces, duration_ms, visitors)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
+         ON CONFLICT (site_id, dim, grain, bucket, value) DO UPDATE SET
+            events = excluded.events, pageviews = excluded.pageviews,
+            sessions = excluded.sessions, bounces = excluded.bounces,
+            duration_ms = excluded.duration_ms, visitors = excluded.visitors",
+    )?;
+    for ((site, dim, grain, bucket, _), value, cell) in &merged {
+        write_cell.execute(rusqlite::params![
+            site.0.as_bytes(),
+            dim,
+            grain,
+            bucket,
+            value,
+            cell.events,
+            cell.pageviews,
+            cell.sessions,
+            cell.bounces,
+            cell.duration_ms,
+            cell.visitors.to_bytes(),
+        ])?;
     }
     Ok(())
 }
 
-fn session_from_row(r: &SqliteRow) -> anyhow::Result<SessionStats> {
-    let entry_ts: Option<i64> = r.try_get("entry_ts")?;
-    let exit_ts: Option<i64> = r.try_get("exit_ts")?;
-    let entry_page: Option<String> = r.try_get("entry_page")?;
-    let exit_page: Option<String> = r.try_get("exit_page")?;
+fn session_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<SessionStats> {
+    let entry_ts: Option<i64> = r.get("entry_ts")?;
+    let exit_ts: Option<i64> = r.get("exit_ts")?;
+    let entry_page: Option<String> = r.get("entry_page")?;
+    let exit_page: Option<String> = r.get("exit_page")?;
     Ok(SessionStats {
-        visitor: r.try_get("visitor")?,
-        start_ts: r.try_get("start_ts")?,
-        end_ts: r.try_get("end_ts")?,
-        events: r.try_get("events")?,
-        pageviews: r.try_get("pageviews")?,
-        engaged: r.try_get("engaged")?,
+        visitor: r.get("visitor")?,
+        start_ts: r.get("start_ts")?,
+        end_ts: r.get("end_ts")?,
+        events: r.get("events")?,
+        pageviews: r.get("pageviews")?,
+        engaged: r.get("engaged")?,
         entry: entry_ts.map(|t| (t, entry_page)),
         exit: exit_ts.map(|t| (t, exit_page)),
     })
 }
 
-fn cell_from_row(r: &SqliteRow) -> anyhow::Result<Cell> {
-    let sketch: &[u8] = r.try_get("visitors")?;
+fn cell_from_row(r: &rusqlite::Row<'_>) -> anyhow::Result<Cell> {
     let mut cell = Cell {
-        events: r.try_get("events")?,
-        pageviews: r.try_get("pageviews")?,
-        sessions: r.try_get("sessions")?,
-        bounces: r.try_get("bounces")?,
-        duration_ms: r.try_get("duration_ms")?,
+        events: r.get("events")?,
+        pageviews: r.get("pageviews")?,
+        sessions: r.get("sessions")?,
+        bounces: r.get("bounces")?,
+        duration_ms: r.get("duration_ms")?,
         ..Cell::default()
     };
-    cell.visitors.merge_bytes(sketch)?;
+    cell.visitors
+        .merge_bytes(r.get_ref("visitors")?.as_blob()?)?;
     Ok(cell)
 }
 
@@ -378,8 +330,10 @@ pub async fn event_count(
 }
 
 /// Builds the rollups from the raw events when they were built by an older version (or not at
-/// all: databases from before rollups existed). Runs once, on open, in one transaction.
-pub async fn ensure_built(pool: &SqlitePool) -> anyhow::Result<()> {
+/// all: databases from before rollups existed). Runs once, on open, in one transaction of the
+/// writing connection; the raw events are read through `pool` (a WAL reader sees them as they
+/// were before the transaction, which does not change them).
+pub async fn ensure_built(pool: &SqlitePool, writer: &Writer) -> anyhow::Result<()> {
     let version: Option<String> =
         sqlx::query_scalar("SELECT value FROM meta WHERE key = 'rollups'")
             .fetch_optional(pool)
@@ -388,35 +342,46 @@ pub async fn ensure_built(pool: &SqlitePool) -> anyhow::Result<()> {
         return Ok(());
     }
     let started = std::time::Instant::now();
-    let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
-    sqlx::query("DELETE FROM rollups").execute(&mut *tx).await?;
-    sqlx::query("DELETE FROM sessions")
-        .execute(&mut *tx)
-        .await?;
-    let mut after: Option<uuid::Uuid> = None;
-    let mut total = 0usize;
-    loop {
-        let rows: Vec<SqliteRow> = sqlx::query(AssertSqlSafe(format!(
-            "SELECT {} FROM events WHERE ?1 IS NULL OR hit_id > ?1 ORDER BY hit_id LIMIT 50000",
-            super::COLUMNS
-        )))
-        .bind(after)
-        .fetch_all(&mut *tx)
-        .await?;
-        let Some(last) = rows.last() else { break };
-        after = Some(last.try_get("hit_id")?);
-        let events = rows
-            .iter()
-            .map(super::row_to_event)
-            .collect::<anyhow::Result<Vec<_>>>()?;
-        total += events.len();
-        apply(&mut tx, events.iter().collect()).await?;
+    writer.with(|conn| {
+        conn.execute_batch("BEGIN IMMEDIATE; DELETE FROM rollups; DELETE FROM sessions;")
+    })?;
+    let rebuilt = async {
+        let mut after: Option<uuid::Uuid> = None;
+        let mut total = 0usize;
+        loop {
+            let rows: Vec<SqliteRow> = sqlx::query(AssertSqlSafe(format!(
+                "SELECT {} FROM events WHERE ?1 IS NULL OR hit_id > ?1 ORDER BY hit_id LIMIT 50000",
+                super::COLUMNS
+            )))
+            .bind(after)
+            .fetch_all(pool)
+            .await?;
+            let Some(last) = rows.last() else { break };
+            after = Some(last.try_get("hit_id")?);
+            let events = rows
+                .iter()
+                .map(super::row_to_event)
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            total += events.len();
+            writer.with(|conn| apply(conn, events.iter().collect()))?;
+        }
+        writer.with(|conn| {
+            conn.execute(
+                "INSERT OR REPLACE INTO meta (key, value) VALUES ('rollups', ?1)",
+                [VERSION],
+            )?;
+            conn.execute_batch("COMMIT")
+        })?;
+        anyhow::Ok(total)
     }
-    sqlx::query("INSERT OR REPLACE INTO meta (key, value) VALUES ('rollups', ?1)")
-        .bind(VERSION)
-        .execute(&mut *tx)
-        .await?;
-    tx.commit().await?;
+    .await;
+    let total = rebuilt.inspect_err(|_| {
+        writer.with(|conn| {
+            if !conn.is_autocommit() {
+                let _ = conn.execute_batch("ROLLBACK");
+            }
+        })
+    })?;
     if total > 0 {
         tracing::info!(
             events = total,
