@@ -323,16 +323,22 @@ impl AnalyticsStore for SqliteAnalytics {
                 let tx =
                     conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
                 // Meanwhile, on a second thread: what the events add to the rollups if all of
-                // them are new, the common case.
+                // them are new, the common case. (Without a thread to be had, afterwards.)
                 let (written, fold) = std::thread::scope(|scope| {
-                    let fold = scope.spawn(|| events.iter().collect::<rollups::Fold>());
+                    let folding = std::thread::Builder::new()
+                        .name("analytics-fold".into())
+                        .spawn_scoped(scope, || events.iter().collect::<rollups::Fold>())
+                        .ok();
                     let written = insert_rows(&tx, events);
-                    (written, fold.join())
+                    let fold = match folding {
+                        Some(thread) => thread
+                            .join()
+                            .unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
+                        None => events.iter().collect(),
+                    };
+                    (written, fold)
                 });
-                let (written, fold) = (
-                    written?,
-                    fold.unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
-                );
+                let written = written?;
                 let fold = if written.iter().all(|w| *w) {
                     fold
                 } else {
