@@ -130,8 +130,9 @@ impl SqliteLog {
             .with_context(|| format!("cannot open event log {}", path.display()))?;
         // The log's schema is three small tables (see "Rows" and "Retention" above). `records`
         // and `codec` came later: files written before them hold one uncompressed record per
-        // row, which their defaults describe. `log_marks`: now and then the writer notes the last sequence at that time
-        // (unix ms), so records past `max_age` are found without reading the rows.
+        // row, which their defaults describe. `log_marks`: now and then the writer notes the
+        // last sequence at that time (unix ms), so records past `max_age` are found without
+        // reading the rows.
         sqlx::raw_sql(
             "CREATE TABLE IF NOT EXISTS log (
                  seq     INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -647,7 +648,7 @@ struct Buffers {
 const RAW: i64 = 0;
 /// `log.codec`: an LZ4 block of the packed payload, after its length (4 bytes, little-endian;
 /// `lz4_flex`'s `compress_prepend_size` form). Records of one site repeat their parameter
-/// names, user agents, URLs and headers: a row of demo-generator records is 4–5× smaller, so
+/// names, user agents, URLs and headers: rows of demo-generator records are 5–7× smaller, so
 /// a commit writes, checksums, syncs and later checkpoints that many fewer WAL pages, and the
 /// retained week takes that much less disk.
 const LZ4: i64 = 1;
