@@ -62,6 +62,17 @@ pub(super) const COLUMNS: &str = "hit_id, site_id, workspace_id, ts, event_name,
 /// could answer them: the scan costs a few milliseconds there.
 pub const DEFAULT_EXACT_BELOW: i64 = 20_000;
 
+/// Every connection's settings beside WAL and `synchronous = NORMAL`. A writer's batch touches
+/// tens of MiB of pages (raw rows, three indexes, sessions, rollups): SQLite's default 2 MiB
+/// cache re-read and spilled them mid-transaction (a third of the writer thread's time in
+/// pread/pwrite, bench/RESULTS.md). Statement journals stay in memory, and checkpoints (an
+/// fsync each) come every 16 MiB of WAL.
+const TUNING: [(&str, &str); 3] = [
+    ("cache_size", "-65536"),
+    ("temp_store", "memory"),
+    ("wal_autocheckpoint", "4000"),
+];
+
 pub struct SqliteAnalytics {
     /// Readers: the dashboard's queries and the pipeline's session lookups.
     pool: SqlitePool,
@@ -81,11 +92,11 @@ impl Writer {
     fn open(path: &Path) -> anyhow::Result<Writer> {
         let conn = rusqlite::Connection::open(path)?;
         conn.busy_timeout(Duration::from_secs(10))?;
-        // The same settings as the pool's connections (see `open_with`).
-        conn.execute_batch(
-            "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA cache_size = -65536;
-             PRAGMA temp_store = memory; PRAGMA wal_autocheckpoint = 4000;",
-        )?;
+        // As the pool's connections (see `open_with`).
+        conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL;")?;
+        for (name, value) in TUNING {
+            conn.pragma_update(None, name, value)?;
+        }
         Ok(Writer(Mutex::new(conn)))
     }
 
@@ -118,14 +129,10 @@ impl SqliteAnalytics {
             // Analytics can be rebuilt from the event log: NORMAL is durable against a crash of
             // the process and loses at most the last commits on power loss.
             .synchronous(SqliteSynchronous::Normal)
-            .busy_timeout(Duration::from_secs(10))
-            // A writer's batch touches tens of MiB of pages (raw rows, three indexes, sessions,
-            // rollups): SQLite's default 2 MiB cache re-read and spilled them mid-transaction
-            // (a third of the writer thread's time in pread/pwrite, bench/RESULTS.md). Statement
-            // journals stay in memory, and checkpoints (an fsync each) come every 16 MiB of WAL.
-            .pragma("cache_size", "-65536")
-            .pragma("temp_store", "memory")
-            .pragma("wal_autocheckpoint", "4000");
+            .busy_timeout(Duration::from_secs(10));
+        let options = TUNING.iter().fold(options, |options, (name, value)| {
+            options.pragma(*name, *value)
+        });
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
             .connect_with(options)

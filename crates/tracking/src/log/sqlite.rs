@@ -1089,6 +1089,20 @@ mod tests {
     }
 
     /// Every record of `log` from the start, as group `group` reads them `max` at a time.
+    /// Commits `payloads` with the writer's own `commit`, on `conn` (another connection than
+    /// the log's writer, as another process would).
+    fn commit_payloads(conn: &rusqlite::Connection, payloads: &[Vec<u8>]) {
+        let mut statements = Statements::prepare(conn).unwrap();
+        commit(
+            conn,
+            &mut statements,
+            payloads,
+            &[],
+            &mut Buffers::default(),
+        )
+        .unwrap();
+    }
+
     async fn read_all(log: &SqliteLog, group: &str, max: usize) -> Vec<(u64, Vec<u8>)> {
         let mut sub = log.subscribe(group).await.unwrap();
         let mut seen = Vec::new();
@@ -1185,16 +1199,8 @@ mod tests {
     async fn readers_take_part_of_a_row_and_the_rest_later() {
         let (dir, log) = open_temp(Options::default()).await;
         let conn = connect_blocking(&dir.path().join("events.db")).unwrap();
-        let mut statements = Statements::prepare(&conn).unwrap();
         let payloads: Vec<Vec<u8>> = (0..10).map(|i| format!("r{i}").into_bytes()).collect();
-        commit(
-            &conn,
-            &mut statements,
-            &payloads,
-            &[],
-            &mut Buffers::default(),
-        )
-        .unwrap();
+        commit_payloads(&conn, &payloads);
         assert_eq!(log.count().await.unwrap(), 10);
 
         let mut sub = log.subscribe("g").await.unwrap();
@@ -1228,7 +1234,6 @@ mod tests {
     async fn rows_are_compressed_when_that_makes_them_smaller() {
         let (dir, log) = open_temp(Options::default()).await;
         let conn = connect_blocking(&dir.path().join("events.db")).unwrap();
-        let mut statements = Statements::prepare(&conn).unwrap();
         let hits: Vec<Vec<u8>> = (0..50)
             .map(|i| {
                 format!(
@@ -1246,9 +1251,8 @@ mod tests {
                 state as u8
             })
             .collect();
-        let mut buffers = Buffers::default();
         for payloads in [hits.clone(), vec![noise.clone()], vec![b"tiny".to_vec()]] {
-            commit(&conn, &mut statements, &payloads, &[], &mut buffers).unwrap();
+            commit_payloads(&conn, &payloads);
         }
         let stored: Vec<(i64, i64, i64)> =
             sqlx::query_as("SELECT codec, records, length(payload) FROM log ORDER BY seq")
@@ -1428,17 +1432,9 @@ mod tests {
     async fn a_long_backlog_is_pruned_in_chunks() {
         let (dir, log) = open_temp(Options::default()).await;
         let conn = connect_blocking(&dir.path().join("events.db")).unwrap();
-        let mut statements = Statements::prepare(&conn).unwrap();
         let total = 40_000i64;
         let payloads: Vec<Vec<u8>> = (0..total).map(|i| i.to_le_bytes().to_vec()).collect();
-        commit(
-            &conn,
-            &mut statements,
-            &payloads,
-            &[],
-            &mut Buffers::default(),
-        )
-        .unwrap();
+        commit_payloads(&conn, &payloads);
         let now = platform::Timestamp::now().as_millis();
         let hour = Duration::from_secs(3600);
         assert!(!prune(&conn, hour, now).unwrap(), "nothing is old yet");
