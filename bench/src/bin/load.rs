@@ -343,10 +343,6 @@ async fn run(args: Args, request: Arc<[u8]>) -> anyhow::Result<serde_json::Value
     // The pacer releases every due time that has come, then sleeps until the next one, but at
     // least `PACER_TICK`. Due times are absolute, so lateness never accumulates, and latency is
     // measured from them, so a late release is charged to the server's figures, never hidden.
-    let tick = std::env::var("PACER_TICK_US")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .map_or(PACER_TICK, Duration::from_micros);
     let pacer = std::thread::spawn(move || {
         let due = |k: u64| start + Duration::from_secs_f64(k as f64 / rate);
         let mut k = 0;
