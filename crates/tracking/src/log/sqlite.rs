@@ -322,8 +322,8 @@ const GATHER_WAIT: Duration = Duration::from_millis(1);
 
 /// [`Options::commit_interval`]'s default. 0.5 ms: under the benchmark's closed loop (64
 /// connections) the writer already committed about every 0.5 ms, so that loop loses nothing,
-/// while an open load of 40,000 requests a second commits about 2,000 times a second instead
-/// of 2,800, which halved the writer's CPU (bench/RESULTS.md, 2026-12-04 session 10).
+/// while an open load of 40,000 requests a second commits at most 2,000 times a second instead
+/// of 2,800, which took 40–50% off the writer's CPU (bench/RESULTS.md, 2026-12-04 session 10).
 const COMMIT_INTERVAL: Duration = Duration::from_micros(500);
 
 /// SQLite's WAL file of the database at `path`.
