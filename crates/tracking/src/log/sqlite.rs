@@ -34,11 +34,12 @@
 //!
 //! **Paced commits.** Each commit has a fixed cost besides its records (the fsync, and in a VM
 //! the exit that submits it; the wake-ups of its waiters), so under load the writer lets
-//! appends gather: when the last commit was shared by several requests and began less than
-//! [`Options::commit_interval`] ago (0.5 ms), it waits out the rest of that interval first. A
-//! lone request (the last commit was its predecessor's alone, or long ago) commits at once, so a
-//! client sending one request at a time is not slowed; under a steady load a request waits at
-//! most the interval longer.
+//! appends gather: when the last commit was shared by a few requests (2 to 31) and began less
+//! than [`Options::commit_interval`] ago (0.5 ms), it waits out the rest of that interval
+//! first. A lone request (the last commit was its predecessor's alone, or long ago) commits at
+//! once, so a client sending one request at a time is not slowed, and so does everything after
+//! a commit of 32 or more, whose fixed cost is spread thin already; under a steady load a
+//! request waits at most the interval longer.
 //!
 //! **Rows.** A row holds a run of consecutive records, up to 256 of them: `seq` is its last
 //! record's sequence, `records` how many it holds, and `payload` the record itself when it holds
@@ -320,11 +321,18 @@ const COMMIT_WHILE_SYNCING_BYTES: usize = 1024 * 1024;
 /// How long the writer waits for the syncer before it looks at the queue again.
 const GATHER_WAIT: Duration = Duration::from_millis(1);
 
-/// [`Options::commit_interval`]'s default. 0.5 ms: under the benchmark's closed loop (64
-/// connections) the writer already committed about every 0.5 ms, so that loop loses nothing,
-/// while an open load of 40,000 requests a second commits at most 2,000 times a second instead
-/// of 2,800, which took 40–50% off the writer's CPU (bench/RESULTS.md, 2026-12-04 session 10).
+/// [`Options::commit_interval`]'s default. 0.5 ms: an open load of 40,000 requests a second
+/// commits at most 2,000 times a second instead of 2,800, which took 40–50% off the writer's
+/// CPU. When every shared commit paced the next, the benchmark's closed loop lost about 8%
+/// (+4% to −15%), its 64 connections waiting out intervals together (see [`PACE_BELOW`]); 1 ms
+/// cost it 12–15% (bench/RESULTS.md, 2026-12-04 session 10).
 const COMMIT_INTERVAL: Duration = Duration::from_micros(500);
+
+/// Only a commit shared by fewer requests than this paces the next one: a larger commit has
+/// spread its fixed cost thin already (~40 µs over 32 or more), and waiting after large
+/// commits is what made the closed loop's connections wait out intervals together (three
+/// pairs: −3% instead of −5%, open-loop savings the same).
+const PACE_BELOW: usize = 32;
 
 /// SQLite's WAL file of the database at `path`.
 fn wal_path(path: &Path) -> std::path::PathBuf {
@@ -561,7 +569,9 @@ fn write_loop(
             }
         }
         if !batch.waiters.is_empty() {
-            last_shared_commit = (batch.waiters.len() > 1).then(std::time::Instant::now);
+            last_shared_commit = (2..PACE_BELOW)
+                .contains(&batch.waiters.len())
+                .then(std::time::Instant::now);
             let result = match statements.as_mut() {
                 Some(statements) => {
                     commit(conn, statements, &batch.payloads, &batch.acks, &mut buffers)
