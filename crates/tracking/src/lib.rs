@@ -23,6 +23,7 @@ pub mod raw;
 pub mod segment;
 pub mod sgtm;
 pub mod sites;
+mod sqlite;
 
 pub use error::ParseError;
 pub use hit::{Hit, HitFields, HitId, ParamValue, Protocol};

@@ -90,10 +90,8 @@ pub(super) struct Writer(Mutex<rusqlite::Connection>);
 
 impl Writer {
     fn open(path: &Path) -> anyhow::Result<Writer> {
-        let conn = rusqlite::Connection::open(path)?;
-        conn.busy_timeout(Duration::from_secs(10))?;
-        // As the pool's connections (see `open_with`).
-        conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL;")?;
+        // WAL and `synchronous = NORMAL`, as the pool's connections (see `open_with`).
+        let conn = crate::sqlite::open_writer(path)?;
         for (name, value) in TUNING {
             conn.pragma_update(None, name, value)?;
         }

@@ -185,15 +185,17 @@ impl SqliteLog {
         let last: i64 = sqlx::query_scalar(LAST_SEQUENCE).fetch_one(&pool).await?;
         let (sender, receiver) = mpsc::channel(options.queue_capacity);
         let (committed_tx, committed) = watch::channel(last);
-        let (ready_tx, ready) = oneshot::channel();
+        let (ready_tx, ready) = oneshot::channel::<anyhow::Result<()>>();
         let writer_path = path.to_owned();
         std::thread::Builder::new()
             .name("event-log-writer".into())
             .spawn(move || {
-                let conn = match connect_blocking(&writer_path) {
+                // `synchronous = NORMAL`: commits do not fsync; the writer or the syncer thread
+                // does, before anyone is answered (see "Pipelined fsync").
+                let conn = match crate::sqlite::open_writer(&writer_path) {
                     Ok(conn) => conn,
                     Err(err) => {
-                        let _ = ready_tx.send(Err(err));
+                        let _ = ready_tx.send(Err(err.into()));
                         return;
                     }
                 };
@@ -297,16 +299,6 @@ impl EventLog for SqliteLog {
         }
         .boxed()
     }
-}
-
-/// The writer's connection with the log's durability settings; `busy_timeout` covers another
-/// process holding the file's write lock for a moment.
-fn connect_blocking(path: &Path) -> anyhow::Result<rusqlite::Connection> {
-    let conn = rusqlite::Connection::open(path)?;
-    conn.busy_timeout(Duration::from_secs(10))?;
-    // NORMAL: commits do not fsync; the syncer thread does, before anyone is answered.
-    conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL;")?;
-    Ok(conn)
 }
 
 /// Committed batches that may wait for the syncer before the writer waits for it.
@@ -1227,7 +1219,7 @@ mod tests {
         }
         // Another connection (another process, say) commits records 4 and 5 and a new group's
         // first ack together: the sequence reported is the log's, not the group row's.
-        let conn = connect_blocking(&dir.path().join("events.db")).unwrap();
+        let conn = crate::sqlite::open_writer(&dir.path().join("events.db")).unwrap();
         let mut statements = Statements::prepare(&conn).unwrap();
         let last = commit(
             &conn,
@@ -1300,7 +1292,7 @@ mod tests {
     #[tokio::test]
     async fn readers_take_part_of_a_row_and_the_rest_later() {
         let (dir, log) = open_temp(Options::default()).await;
-        let conn = connect_blocking(&dir.path().join("events.db")).unwrap();
+        let conn = crate::sqlite::open_writer(&dir.path().join("events.db")).unwrap();
         let payloads: Vec<Vec<u8>> = (0..10).map(|i| format!("r{i}").into_bytes()).collect();
         commit_payloads(&conn, &payloads);
         assert_eq!(log.count().await.unwrap(), 10);
@@ -1335,7 +1327,7 @@ mod tests {
     #[tokio::test]
     async fn rows_are_compressed_when_that_makes_them_smaller() {
         let (dir, log) = open_temp(Options::default()).await;
-        let conn = connect_blocking(&dir.path().join("events.db")).unwrap();
+        let conn = crate::sqlite::open_writer(&dir.path().join("events.db")).unwrap();
         let hits: Vec<Vec<u8>> = (0..50)
             .map(|i| {
                 format!(
@@ -1460,7 +1452,7 @@ mod tests {
         let batch = b.next_batch(10, Duration::ZERO).await.unwrap();
         b.ack(&batch).await.unwrap();
 
-        let conn = connect_blocking(&dir.path().join("events.db")).unwrap();
+        let conn = crate::sqlite::open_writer(&dir.path().join("events.db")).unwrap();
         let hour = Duration::from_secs(3600);
         let now = platform::Timestamp::now().as_millis();
         // Nothing is an hour old yet.
@@ -1533,7 +1525,7 @@ mod tests {
     #[tokio::test]
     async fn a_long_backlog_is_pruned_in_chunks() {
         let (dir, log) = open_temp(Options::default()).await;
-        let conn = connect_blocking(&dir.path().join("events.db")).unwrap();
+        let conn = crate::sqlite::open_writer(&dir.path().join("events.db")).unwrap();
         let total = 40_000i64;
         let payloads: Vec<Vec<u8>> = (0..total).map(|i| i.to_le_bytes().to_vec()).collect();
         commit_payloads(&conn, &payloads);
