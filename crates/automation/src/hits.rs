@@ -98,7 +98,7 @@ impl HitConsumer {
             if wanted.is_empty() {
                 continue;
             }
-            let Ok(record) = serde_json::from_slice::<LogRecord>(&delivery.payload) else {
+            let Ok(record) = LogRecord::decode(&delivery.payload) else {
                 continue;
             };
             for hit in record

@@ -40,6 +40,17 @@ impl Timestamp {
         Self::from(DateTime::from_timestamp_millis(ms).unwrap_or_default())
     }
 
+    /// Microseconds since the Unix epoch: the whole value (see the module's documentation), as
+    /// binary encodings store it.
+    pub fn as_micros(&self) -> i64 {
+        self.0.timestamp_micros()
+    }
+
+    /// The instant `us` microseconds after the Unix epoch, or `None` out of chrono's range.
+    pub fn from_micros(us: i64) -> Option<Self> {
+        DateTime::from_timestamp_micros(us).map(Self)
+    }
+
     pub fn to_rfc3339(&self) -> String {
         self.0.to_rfc3339_opts(SecondsFormat::Micros, true)
     }

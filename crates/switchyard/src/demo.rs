@@ -26,7 +26,7 @@ use serde::Serialize;
 use tracking::RawRequest;
 use tracking::analytics::AnalyticsStore;
 use tracking::enrich::Enricher;
-use tracking::gateway::{CompactRecord, LogRecord, RecordId, hit_id};
+use tracking::gateway::{LogRecord, RecordError, RecordId, hit_id};
 use tracking::log::EventLog;
 use tracking::pipeline::Pipeline;
 use tracking::sites::{SiteId, SiteRequest};
@@ -260,7 +260,7 @@ async fn provision_sites(db: &Db, scope: &Scope, count: u32) -> anyhow::Result<V
 }
 
 /// Appends records as the gateway does: one append per request, in the log's compact form
-/// (the request without its hits, which reading parses again; see [`CompactRecord`]), many at
+/// (the request without its hits, which reading parses again; see [`tracking::gateway::CompactRecord`]), many at
 /// once so the log's group commit shares its fsyncs.
 pub async fn append_all(log: &dyn EventLog, records: &[LogRecord]) -> anyhow::Result<()> {
     let mut appends = futures::stream::iter(records)
@@ -275,21 +275,12 @@ pub async fn append_all(log: &dyn EventLog, records: &[LogRecord]) -> anyhow::Re
     Ok(())
 }
 
-/// A generated record as the gateway would have stored it: [`CompactRecord`]. The generator
+/// A generated record as the gateway would have stored it: [`tracking::gateway::CompactRecord`]. The generator
 /// gives each hit the id the reader derives ([`hit_id`]), so reading it back yields the very
 /// hits the generator counted.
-pub fn stored_form(record: &LogRecord) -> serde_json::Result<Vec<u8>> {
-    let mut out = Vec::with_capacity(record.request.body.len() + 1_024);
-    CompactRecord {
-        id: record.id,
-        site_id: record.site_id,
-        workspace_id: record.workspace_id,
-        bot: record.bot,
-        ip_truncated: record.ip_truncated,
-        hit_count: record.hits.len(),
-        request: &record.request,
-    }
-    .write(&mut out)?;
+pub fn stored_form(record: &LogRecord) -> Result<Vec<u8>, RecordError> {
+    let mut out = Vec::new();
+    record.write_compact(&mut out)?;
     Ok(out)
 }
 
@@ -1236,9 +1227,7 @@ mod tests {
         while let Some(day) = generator.next_day() {
             for record in &day {
                 let stored = stored_form(record).expect("stored form");
-                let text = std::str::from_utf8(&stored).expect("utf-8");
-                assert!(!text.contains("\"hits\""), "{text}");
-                let read: LogRecord = serde_json::from_slice(&stored).expect("record");
+                let read = LogRecord::decode(&stored).expect("record");
                 assert_eq!(read.id, record.id);
                 assert_eq!(read.request, record.request);
                 assert_eq!(read.hits, record.hits);
@@ -1255,7 +1244,7 @@ mod tests {
         let start = end - Duration::from_secs(3 * 86_400);
         let mut last = start;
         for text in &records {
-            let record: LogRecord = serde_json::from_str(text).expect("record");
+            let record = LogRecord::decode(text.as_bytes()).expect("record");
             let at = record.request.received_at;
             assert!(at >= start && at < end, "{at:?}");
             for hit in &record.hits {

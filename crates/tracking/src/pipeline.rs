@@ -64,7 +64,7 @@ impl Pipeline {
         for part in batch.chunks(RECORDS_PER_INSERT) {
             let mut events = Vec::with_capacity(part.len() * 2);
             for delivery in part {
-                let record: LogRecord = match serde_json::from_slice(&delivery.payload) {
+                let record: LogRecord = match LogRecord::decode(&delivery.payload) {
                     Ok(record) => record,
                     Err(err) => {
                         // A record we cannot read will not get better by retrying; skip it loudly.

@@ -99,7 +99,7 @@ impl Capturer {
             known: HashMap::new(),
         };
         for delivery in batch {
-            let record: LogRecord = match serde_json::from_slice(&delivery.payload) {
+            let record: LogRecord = match LogRecord::decode(&delivery.payload) {
                 Ok(record) => record,
                 Err(err) => {
                     tracing::error!(error = %err, sequence = delivery.sequence, "unreadable event log record skipped by capture");

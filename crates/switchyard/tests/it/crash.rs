@@ -197,7 +197,7 @@ async fn stored_client_ids(log_url: &str) -> HashMap<String, usize> {
         }
         for delivery in &batch {
             let record: tracking::gateway::LogRecord =
-                serde_json::from_slice(&delivery.payload).expect("a LogRecord");
+                tracking::gateway::LogRecord::decode(&delivery.payload).expect("a LogRecord");
             for hit in &record.hits {
                 *stored
                     .entry(hit.client_id.clone().expect("a client id"))

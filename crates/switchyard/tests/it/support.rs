@@ -348,7 +348,9 @@ impl TestApp {
                 return out;
             }
             for delivery in &batch {
-                out.push(serde_json::from_slice(&delivery.payload).expect("a LogRecord"));
+                out.push(
+                    tracking::gateway::LogRecord::decode(&delivery.payload).expect("a LogRecord"),
+                );
             }
             sub.ack(&batch).await.unwrap();
         }

@@ -66,7 +66,7 @@ impl BatchHandler for Enqueuer {
             }
             let mut tx = self.db.begin().await?;
             for delivery in batch {
-                let Ok(record) = serde_json::from_slice::<LogRecord>(&delivery.payload) else {
+                let Ok(record) = LogRecord::decode(&delivery.payload) else {
                     tracing::error!(
                         sequence = delivery.sequence,
                         "unreadable event log record not forwarded"

@@ -116,10 +116,8 @@ async fn append(
         raw.client_ip = raw.client_ip.map(edge::truncate_ip);
         raw.headers.retain(|(name, _)| name != "x-forwarded-for");
     }
-    // The stored record is the request (see `record`): reserving its size up front spares the
-    // serializer its reallocations and copies (the body is stored in base64).
-    let estimate = 512 + raw.query.len() + raw.body.len() * 4 / 3 + 128 * raw.headers.len();
-    let mut bytes = Vec::with_capacity(estimate);
+    // The stored record is the request (see `record`); `write` reserves its exact size.
+    let mut bytes = Vec::new();
     CompactRecord {
         id: RecordId::new(),
         site_id: site.id,

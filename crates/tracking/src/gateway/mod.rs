@@ -30,7 +30,7 @@ use crate::sites::SiteId;
 use crate::sites::directory::SiteDirectory;
 
 pub use collect::gateway_fallback;
-pub use record::{CompactRecord, LogRecord, RecordHeader, hit_id};
+pub use record::{CompactRecord, LogRecord, RecordError, RecordHeader, hit_id};
 
 platform::typed_id!(
     /// One accepted tracking request in the event log.
