@@ -297,18 +297,15 @@ pub async fn run(
         });
     }
     if roles.contains(&ServeRole::Api) || roles.contains(&ServeRole::Gateway) {
-        let router = server::router(&app, &roles)?;
+        let server = server::Server::new(&app, &roles)?;
         let addr = listener.local_addr()?;
         tracing::info!(%addr, "listening");
         let token = shutdown.clone();
         background.spawn(async move {
-            axum::serve(
-                listener,
-                router.into_make_service_with_connect_info::<std::net::SocketAddr>(),
-            )
-            .with_graceful_shutdown(token.cancelled_owned())
-            .await
-            .context("HTTP server failed")
+            axum::serve(listener, server)
+                .with_graceful_shutdown(token.cancelled_owned())
+                .await
+                .context("HTTP server failed")
         });
     }
     let mut result = Ok(());

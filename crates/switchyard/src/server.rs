@@ -1,22 +1,30 @@
 //! The HTTP server: every feature's routes under `/api/v1`, the OpenAPI document, health and
 //! metrics endpoints, and the middleware every request passes through.
 
-use std::sync::OnceLock;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
-use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, MatchedPath, Request, State};
 use axum::http::{HeaderName, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{Html, IntoResponse, Response};
+use axum::routing::future::RouteFuture;
 use axum::routing::get;
+use axum::serve::IncomingStream;
 use axum::{Json, Router};
+use futures::future::{BoxFuture, Either};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use platform::http::{method_not_allowed_fallback, not_found_fallback};
 use platform::{ApiError, AppState};
+use tokio::net::TcpListener;
+use tower::Service;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
-use tracking::gateway::{Gateway, gateway_fallback};
+use tracking::gateway::{Gateway, collect_ga4, gateway_fallback};
 use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 
@@ -77,14 +85,35 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
         .into_openapi()
 }
 
-/// Builds the router of the roles this process serves: the API (with its middleware) and the
-/// public tracking gateway (kept outside the API's middleware: it is the hot path).
-pub fn router(app: &App, roles: &Roles) -> anyhow::Result<Router> {
-    let mut router = Router::new();
-    if roles.contains(&ServeRole::Api) {
-        router = router.merge(api_router(app));
-    }
-    if roles.contains(&ServeRole::Gateway) {
+/// What `axum::serve` runs: the router of the roles this process serves, and a [`Connection`]
+/// for each accepted connection.
+#[derive(Clone)]
+pub struct Server {
+    router: Router,
+    /// The gateway, when this process serves it: `/g/collect` goes to it directly.
+    gateway: Option<Arc<Gateway>>,
+}
+
+/// The path the gateway serves without the router (see [`Connection`]).
+const GA4_COLLECT: &str = "/g/collect";
+
+impl Server {
+    /// The routes of the API (with its middleware) and the public tracking gateway (kept
+    /// outside the API's middleware: it is the hot path), as `roles` asks.
+    pub fn new(app: &App, roles: &Roles) -> anyhow::Result<Server> {
+        let mut router = Router::new();
+        if roles.contains(&ServeRole::Api) {
+            router = router.merge(api_router(app));
+        }
+        if !roles.contains(&ServeRole::Gateway) {
+            let router = router
+                .fallback(not_found_fallback)
+                .layer(middleware::from_fn(record_metrics));
+            return Ok(Server {
+                router,
+                gateway: None,
+            });
+        }
         let gateway = Gateway::new(
             app.directory.clone(),
             app.log.clone(),
@@ -94,12 +123,72 @@ pub fn router(app: &App, roles: &Roles) -> anyhow::Result<Router> {
         let fallback = Router::new()
             .fallback(gateway_fallback)
             .with_state(gateway.clone());
-        router = router.merge(gateway.router()).fallback_service(fallback);
-        return Ok(router.layer(middleware::from_fn(record_metrics)));
+        let router = router
+            .merge(gateway.router())
+            .fallback_service(fallback)
+            .layer(middleware::from_fn(record_metrics));
+        Ok(Server {
+            router,
+            gateway: Some(gateway),
+        })
     }
-    Ok(router
-        .fallback(not_found_fallback)
-        .layer(middleware::from_fn(record_metrics)))
+}
+
+impl<'a> Service<IncomingStream<'a, TcpListener>> for Server {
+    type Response = Connection;
+    type Error = Infallible;
+    type Future = std::future::Ready<Result<Connection, Infallible>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, stream: IncomingStream<'a, TcpListener>) -> Self::Future {
+        std::future::ready(Ok(Connection {
+            router: self.router.clone(),
+            gateway: self.gateway.clone(),
+            peer: *stream.remote_addr(),
+        }))
+    }
+}
+
+/// One connection's requests. `/g/collect`, most of a gateway's traffic, goes straight to the
+/// gateway's handler and is counted like a routed request: the router's dispatch, its boxed
+/// middleware, and the extensions it adds (peer address, matched path) cost CPU on every
+/// request. Everything else goes through the router, with the peer address as `ConnectInfo`
+/// (what `into_make_service_with_connect_info` gave it).
+#[derive(Clone)]
+pub struct Connection {
+    router: Router,
+    gateway: Option<Arc<Gateway>>,
+    peer: SocketAddr,
+}
+
+impl Service<Request> for Connection {
+    type Response = Response;
+    type Error = Infallible;
+    type Future = Either<BoxFuture<'static, Result<Response, Infallible>>, RouteFuture<Infallible>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, mut req: Request) -> Self::Future {
+        if let Some(gateway) = &self.gateway
+            && req.uri().path() == GA4_COLLECT
+        {
+            let (gateway, peer) = (gateway.clone(), self.peer);
+            return Either::Left(Box::pin(async move {
+                let start = Instant::now();
+                let method = method_label(req.method());
+                let response = collect_ga4(&gateway, req, peer).await;
+                observe(method, GA4_COLLECT, response.status(), start);
+                Ok(response)
+            }));
+        }
+        req.extensions_mut().insert(ConnectInfo(self.peer));
+        Either::Right(self.router.call(req))
+    }
 }
 
 /// The API, documentation, health and metrics endpoints with their middleware.
@@ -240,10 +329,15 @@ async fn record_metrics(req: Request, next: Next) -> Response {
     let route = req.extensions().get::<MatchedPath>().cloned();
     let response = next.run(req).await;
     let route = route.as_ref().map_or("unmatched", MatchedPath::as_str);
-    let (requests, duration) = request_metrics(method, route, response.status().as_u16());
+    observe(method, route, response.status(), start);
+    response
+}
+
+/// Counts a request that began at `start` and its duration.
+fn observe(method: &'static str, route: &str, status: StatusCode, start: Instant) {
+    let (requests, duration) = request_metrics(method, route, status.as_u16());
     requests.increment(1);
     duration.record(start.elapsed().as_secs_f64());
-    response
 }
 
 /// A request's method as a metric label: the standard ones by name, anything else `other`

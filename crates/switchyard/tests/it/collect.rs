@@ -405,6 +405,19 @@ async fn limits_refuse_with_retry_after_and_usage_counts() {
         metrics.contains(&format!("tracking_events_total{{site=\"{site}\"}} 6")),
         "{metrics}"
     );
+    // `/g/collect` bypasses the router (switchyard::server::Connection) and is counted all the
+    // same. At least: tests that share a process (`cargo test`) share the recorder.
+    for status in [204, 429] {
+        let series = format!(
+            "http_requests_total{{method=\"POST\",route=\"/g/collect\",status=\"{status}\"}} "
+        );
+        let count: u64 = metrics
+            .lines()
+            .find_map(|line| line.strip_prefix(&series))
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {series}in {metrics}"));
+        assert!(count >= 3, "{series}{count}");
+    }
 }
 
 #[tokio::test]

@@ -154,9 +154,15 @@ pub async fn ga4_collect(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     request: Request,
 ) -> Response {
+    collect_ga4(&gateway, request, peer).await
+}
+
+/// `GET|POST /g/collect` from `peer`, without a router: the server hands its busiest path
+/// here directly.
+pub async fn collect_ga4(gateway: &Arc<Gateway>, request: Request, peer: SocketAddr) -> Response {
     let (parts, body) = request.into_parts();
     let site = host_of(&parts).and_then(|h| gateway.directory.by_host(h));
-    ga4_with_site(&gateway, parts, body, peer, site, None).await
+    ga4_with_site(gateway, parts, body, peer, site, None).await
 }
 
 /// GA4 collection for a request whose host matched `site` (or none); `path` restores an

@@ -29,7 +29,7 @@ use crate::log::EventLog;
 use crate::sites::SiteId;
 use crate::sites::directory::SiteDirectory;
 
-pub use collect::gateway_fallback;
+pub use collect::{collect_ga4, gateway_fallback};
 pub use record::{CompactRecord, LogRecord, RecordError, RecordHeader, hit_id};
 
 platform::typed_id!(
