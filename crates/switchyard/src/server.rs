@@ -1,6 +1,7 @@
 //! The HTTP server: every feature's routes under `/api/v1`, the OpenAPI document, health and
 //! metrics endpoints, and the middleware every request passes through.
 
+use std::cell::RefCell;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
@@ -17,9 +18,11 @@ use axum::routing::get;
 use axum::serve::IncomingStream;
 use axum::{Json, Router};
 use futures::future::{BoxFuture, Either};
+use metrics::{Counter, Histogram};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use platform::http::{method_not_allowed_fallback, not_found_fallback};
 use platform::{ApiError, AppState};
+use rustc_hash::FxHashMap;
 use tokio::net::TcpListener;
 use tower::Service;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
@@ -334,10 +337,44 @@ async fn record_metrics(req: Request, next: Next) -> Response {
 }
 
 /// Counts a request that began at `start` and its duration.
+///
+/// The request counter and duration histogram of each (method, route, status) are registered
+/// once per thread and kept there: looking a labelled metric up builds and hashes its labels,
+/// and a process-wide cache behind a mutex had the workers take turns on every request. Routes
+/// (the router's templates, not request paths), standard methods and status codes are few, so
+/// each thread's map stays small; `FxHash` because its keys are our own route names.
 fn observe(method: &'static str, route: &str, status: StatusCode, start: Instant) {
-    let (requests, duration) = request_metrics(method, route, status.as_u16());
-    requests.increment(1);
-    duration.record(start.elapsed().as_secs_f64());
+    type Cache = FxHashMap<Box<str>, Vec<(&'static str, u16, (Counter, Histogram))>>;
+    thread_local! {
+        static CACHE: RefCell<Cache> = RefCell::default();
+    }
+    let status = status.as_u16();
+    let seconds = start.elapsed().as_secs_f64();
+    CACHE.with_borrow_mut(|cache| {
+        if let Some((.., (requests, duration))) = cache
+            .get_mut(route)
+            .and_then(|known| known.iter().find(|(m, s, _)| *m == method && *s == status))
+        {
+            requests.increment(1);
+            duration.record(seconds);
+            return;
+        }
+        let labels = [
+            ("method", method.to_owned()),
+            ("route", route.to_owned()),
+            ("status", status.to_string()),
+        ];
+        let (requests, duration) = (
+            metrics::counter!("http_requests_total", &labels),
+            metrics::histogram!("http_request_duration_seconds", &labels),
+        );
+        requests.increment(1);
+        duration.record(seconds);
+        cache
+            .entry(route.into())
+            .or_default()
+            .push((method, status, (requests, duration)));
+    });
 }
 
 /// A request's method as a metric label: the standard ones by name, anything else `other`
@@ -359,41 +396,6 @@ fn method_label(method: &axum::http::Method) -> &'static str {
         .iter()
         .find(|(m, _)| m == method)
         .map_or("other", |(_, name)| name)
-}
-
-type RequestMetrics = (metrics::Counter, metrics::Histogram);
-
-/// The request counter and duration histogram of (method, route, status), registered once:
-/// looking a labelled metric up builds and hashes its labels, which the tracking gateway's
-/// requests (tens of thousands a second) should not pay each time. Routes, standard methods
-/// and status codes are few, so the map stays small.
-fn request_metrics(method: &'static str, route: &str, status: u16) -> RequestMetrics {
-    type Map = std::collections::HashMap<String, Vec<(&'static str, u16, RequestMetrics)>>;
-    static CACHE: OnceLock<std::sync::Mutex<Map>> = OnceLock::new();
-    let mut cache = CACHE
-        .get_or_init(Default::default)
-        .lock()
-        .unwrap_or_else(|e| e.into_inner());
-    if let Some((_, _, found)) = cache
-        .get(route)
-        .and_then(|known| known.iter().find(|(m, s, _)| *m == method && *s == status))
-    {
-        return found.clone();
-    }
-    let labels = [
-        ("method", method.to_owned()),
-        ("route", route.to_owned()),
-        ("status", status.to_string()),
-    ];
-    let handles = (
-        metrics::counter!("http_requests_total", &labels),
-        metrics::histogram!("http_request_duration_seconds", &labels),
-    );
-    cache
-        .entry(route.to_owned())
-        .or_default()
-        .push((method, status, handles.clone()));
-    handles
 }
 
 async fn docs_page() -> Html<&'static str> {
