@@ -260,8 +260,9 @@ async fn provision_sites(db: &Db, scope: &Scope, count: u32) -> anyhow::Result<V
 }
 
 /// Appends records as the gateway does: one append per request, in the log's compact form
-/// (the request without its hits, which reading parses again; see [`tracking::gateway::CompactRecord`]), many at
-/// once so the log's group commit shares its fsyncs.
+/// (the request without its hits, which reading parses again; see
+/// [`tracking::gateway::CompactRecord`]), many at once so the log's group commit shares its
+/// fsyncs.
 pub async fn append_all(log: &dyn EventLog, records: &[LogRecord]) -> anyhow::Result<()> {
     let mut appends = futures::stream::iter(records)
         .map(|record| async move {
@@ -275,9 +276,9 @@ pub async fn append_all(log: &dyn EventLog, records: &[LogRecord]) -> anyhow::Re
     Ok(())
 }
 
-/// A generated record as the gateway would have stored it: [`tracking::gateway::CompactRecord`]. The generator
-/// gives each hit the id the reader derives ([`hit_id`]), so reading it back yields the very
-/// hits the generator counted.
+/// A generated record as the gateway would have stored it: [`tracking::gateway::CompactRecord`].
+/// The generator gives each hit the id the reader derives ([`hit_id`]), so reading it back
+/// yields the very hits the generator counted.
 pub fn stored_form(record: &LogRecord) -> Result<Vec<u8>, RecordError> {
     let mut out = Vec::new();
     record.write_compact(&mut out)?;

@@ -108,31 +108,28 @@ impl Server {
         if roles.contains(&ServeRole::Api) {
             router = router.merge(api_router(app));
         }
-        if !roles.contains(&ServeRole::Gateway) {
-            let router = router
-                .fallback(not_found_fallback)
-                .layer(middleware::from_fn(record_metrics));
-            return Ok(Server {
-                router,
-                gateway: None,
-            });
-        }
-        let gateway = Gateway::new(
-            app.directory.clone(),
-            app.log.clone(),
-            app.state.config.tracking.clone(),
-            app.usage.clone(),
-        )?;
-        let fallback = Router::new()
-            .fallback(gateway_fallback)
-            .with_state(gateway.clone());
-        let router = router
-            .merge(gateway.router())
-            .fallback_service(fallback)
-            .layer(middleware::from_fn(record_metrics));
+        let gateway = if roles.contains(&ServeRole::Gateway) {
+            Some(Gateway::new(
+                app.directory.clone(),
+                app.log.clone(),
+                app.state.config.tracking.clone(),
+                app.usage.clone(),
+            )?)
+        } else {
+            None
+        };
+        let router = match &gateway {
+            Some(gateway) => {
+                let fallback = Router::new()
+                    .fallback(gateway_fallback)
+                    .with_state(gateway.clone());
+                router.merge(gateway.router()).fallback_service(fallback)
+            }
+            None => router.fallback(not_found_fallback),
+        };
         Ok(Server {
-            router,
-            gateway: Some(gateway),
+            router: router.layer(middleware::from_fn(record_metrics)),
+            gateway,
         })
     }
 }

@@ -148,7 +148,9 @@ async fn append(
     Ok(())
 }
 
-/// `GET|POST /g/collect`
+/// `GET|POST /g/collect`, as a route of [`Gateway::router`]. (`switchyard` serves this path
+/// through [`collect_ga4`] before its router sees it; the route keeps the gateway's router
+/// complete on its own.)
 pub async fn ga4_collect(
     State(gateway): State<Arc<Gateway>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
