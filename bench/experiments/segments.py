@@ -2,9 +2,12 @@
 """Prototype behind bench/RESULTS.md, session 12: the event log's writer with SQLite's automatic
 checkpoints inside its commits ("inline") against a log of segment files whose finished
 segments another thread checkpoints ("segments"). 1,400 paced commits a second of one 6 KB
-record each, fdatasync of the WAL after each commit, like the real writer.
+record each, fdatasync of the WAL after each commit, like the real writer. A rotation (the new
+segment opened; its WAL sized ahead with PRESIZE MiB of zeros by the other thread, which also
+checkpoints the old segment on the writer's own connection, handed over so that closing it does
+not checkpoint on the writer's path) counts in the commit it follows.
 
-  python3 bench/experiments/segments.py inline|segments [SECONDS]   (files in /var/tmp/segx)
+  [PRESIZE=16] python3 bench/experiments/segments.py inline|segments [SECONDS]   (/var/tmp/segx)
 """
 import os, sqlite3, threading, time, sys, random
 D="/var/tmp/segx"
@@ -16,6 +19,13 @@ rnd=random.Random(1)
 vocab=[os.urandom(8).hex() for _ in range(400)]
 def payload(n=2000):
     return " ".join(rnd.choice(vocab) for _ in range(n//17)).encode()
+PRESIZE=os.environ.get("PRESIZE")
+def prepare(path):
+    if PRESIZE:
+        c=sqlite3.connect(path, isolation_level=None); c.execute("PRAGMA journal_mode=WAL"); c.execute("CREATE TABLE IF NOT EXISTS log(seq INTEGER PRIMARY KEY, payload BLOB)"); c.execute("PRAGMA wal_checkpoint(TRUNCATE)"); c.close()
+        fd=os.open(path+"-wal", os.O_RDWR|os.O_CREAT); z=b"\0"*(1<<20)
+        for i in range(int(PRESIZE)): os.pwrite(fd, z, i<<20)
+        os.fsync(fd); os.close(fd)
 def open_db(path, autockpt):
     c=sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     c.execute("PRAGMA journal_mode=WAL"); c.execute("PRAGMA synchronous=NORMAL")
@@ -29,11 +39,14 @@ def checkpointer():
         with cv:
             while not todo and not stop: cv.wait()
             if not todo and stop: return
-            path=todo.pop(0)
+            item=todo.pop(0)
+        if isinstance(item, str):
+            prepare(item); continue
         t=time.perf_counter()
-        c=sqlite3.connect(path, isolation_level=None); c.execute("PRAGMA wal_checkpoint(TRUNCATE)"); c.close()
+        item.execute("PRAGMA wal_checkpoint(TRUNCATE)"); item.close()
         ck.append((time.perf_counter()-t)*1000)
 th=threading.Thread(target=checkpointer); th.start()
+if mode=="segments": prepare(f"{D}/seg0.db"); prepare(f"{D}/seg1.db")
 seg=0; path=f"{D}/seg{seg}.db"; conn=open_db(path, 1000 if mode=="inline" else 0)
 wal=os.open(path+"-wal", os.O_RDONLY)
 ROT=1500  # commits per segment (~1 s)
@@ -48,12 +61,13 @@ while time.time()<t_end:
     conn.execute("BEGIN IMMEDIATE"); seq+=1
     conn.execute("INSERT INTO log VALUES(?,?)",(seq, blob[seq%50])); conn.execute("COMMIT")
     os.fdatasync(wal)
-    lat.append((time.perf_counter()-t)*1000); n+=1
+    n+=1
     if mode=="segments" and n%ROT==0:
-        old=path; os.close(wal); conn.close()
-        seg+=1; path=f"{D}/seg{seg}.db"; conn=open_db(path,0); conn.execute("INSERT INTO log VALUES(?,?)",(seq+1, b"x")); seq+=1
+        old=conn; os.close(wal)
+        seg+=1; path=f"{D}/seg{seg}.db"; conn=open_db(path,0)
         wal=os.open(path+"-wal", os.O_RDONLY)
-        with cv: todo.append(old); cv.notify()
+        with cv: todo.append(old); todo.append(f"{D}/seg{seg+1}.db"); cv.notify()
+    lat.append((time.perf_counter()-t)*1000)
 with cv: stop=True; cv.notify()
 th.join()
 lat.sort(); L=len(lat)
