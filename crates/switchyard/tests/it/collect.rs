@@ -418,6 +418,20 @@ async fn limits_refuse_with_retry_after_and_usage_counts() {
             .unwrap_or_else(|| panic!("no {series}in {metrics}"));
         assert!(count >= 3, "{series}{count}");
     }
+    // The event log's own health: records per commit, commit and fsync durations. The three
+    // accepted requests were committed and synced before they were answered. (At least, again:
+    // `cargo test` shares the recorder between tests.)
+    let value = |series: &str| -> f64 {
+        metrics
+            .lines()
+            .find_map(|line| line.strip_prefix(series))
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {series} in {metrics}"))
+    };
+    assert!(value("event_log_commit_records_sum ") >= 3.0);
+    assert!(value("event_log_commit_duration_seconds_count ") >= 1.0);
+    assert!(value("event_log_fsync_duration_seconds_count ") >= 1.0);
+    assert!(metrics.contains("event_log_queued "), "{metrics}");
 }
 
 #[tokio::test]

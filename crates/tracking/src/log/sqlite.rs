@@ -394,16 +394,20 @@ impl Durable {
     fn sync(&self, file: &mut Option<std::fs::File>, batches: Vec<Committed>) {
         // fdatasync: the frames and the file's new length, which is all a reader needs. The
         // WAL exists once the writer has committed, which it has before any batch is here.
+        let began = std::time::Instant::now();
         let synced = file
             .take()
             .map_or_else(|| std::fs::File::open(&self.wal), Ok)
             .and_then(|f| f.sync_data().map(|()| f));
         let answer = match synced {
             Ok(f) => {
+                metrics::histogram!("event_log_fsync_duration_seconds")
+                    .record(began.elapsed().as_secs_f64());
                 *file = Some(f);
                 Ok(())
             }
             Err(err) => {
+                metrics::counter!("event_log_failures_total", "operation" => "fsync").increment(1);
                 tracing::error!(error = %err, wal = %self.wal.display(), "event log fsync failed");
                 Err(format!("the event log could not be synced to disk: {err}"))
             }
@@ -564,6 +568,7 @@ fn write_loop(
             last_shared_commit = (2..PACE_BELOW)
                 .contains(&batch.waiters.len())
                 .then(std::time::Instant::now);
+            let began = std::time::Instant::now();
             let result = match statements.as_mut() {
                 Some(statements) => {
                     commit(conn, statements, &batch.payloads, &batch.acks, &mut buffers)
@@ -573,6 +578,7 @@ fn write_loop(
             };
             match result {
                 Ok(last) => {
+                    observe_commit(batch.payloads.len(), began.elapsed(), receiver.len());
                     let committed = Committed {
                         last: (!batch.payloads.is_empty()).then_some(last),
                         waiters: std::mem::take(&mut batch.waiters),
@@ -587,6 +593,8 @@ fn write_loop(
                     }
                 }
                 Err(err) => {
+                    metrics::counter!("event_log_failures_total", "operation" => "commit")
+                        .increment(1);
                     tracing::error!(error = %err, records = batch.payloads.len(), "event log commit failed");
                     for waiter in batch.waiters.drain(..) {
                         let _ = waiter.send(Err(err.clone()));
@@ -632,6 +640,19 @@ fn write_loop(
         }
     }
     Vec::new()
+}
+
+/// Counts a commit in `/metrics`: its records (`event_log_commit_records`), how long it took
+/// (`event_log_commit_duration_seconds`) and the appends queued behind it (`event_log_queued`;
+/// at [`Options::queue_capacity`] appends are refused with 503). SQLite's automatic WAL
+/// checkpoint runs inside the commit that crosses its threshold, so checkpoints are the
+/// duration's tail (3–6 ms each on the benchmark's machine, bench/RESULTS.md 2026-12-06 session
+/// 12); the fsync that follows is `event_log_fsync_duration_seconds`. A few registry lookups a
+/// commit, not a request.
+fn observe_commit(records: usize, took: Duration, queued: usize) {
+    metrics::histogram!("event_log_commit_records").record(records as f64);
+    metrics::gauge!("event_log_queued").set(queued as f64);
+    metrics::histogram!("event_log_commit_duration_seconds").record(took.as_secs_f64());
 }
 
 /// Most records in one row, and most bytes (a row always takes at least one record): a reader
