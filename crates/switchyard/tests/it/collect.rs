@@ -405,29 +405,25 @@ async fn limits_refuse_with_retry_after_and_usage_counts() {
         metrics.contains(&format!("tracking_events_total{{site=\"{site}\"}} 6")),
         "{metrics}"
     );
+    let value = |series: &str| -> f64 {
+        metrics
+            .lines()
+            .find_map(|line| line.strip_prefix(series))
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {series}in {metrics}"))
+    };
     // `/g/collect` bypasses the router (switchyard::server::Connection) and is counted all the
     // same. At least: tests that share a process (`cargo test`) share the recorder.
     for status in [204, 429] {
         let series = format!(
             "http_requests_total{{method=\"POST\",route=\"/g/collect\",status=\"{status}\"}} "
         );
-        let count: u64 = metrics
-            .lines()
-            .find_map(|line| line.strip_prefix(&series))
-            .and_then(|n| n.trim().parse().ok())
-            .unwrap_or_else(|| panic!("no {series}in {metrics}"));
-        assert!(count >= 3, "{series}{count}");
+        let count = value(&series);
+        assert!(count >= 3.0, "{series}{count}");
     }
     // The event log's own health: records per commit, commit and fsync durations. The three
     // accepted requests were committed and synced before they were answered. (At least, again:
     // `cargo test` shares the recorder between tests.)
-    let value = |series: &str| -> f64 {
-        metrics
-            .lines()
-            .find_map(|line| line.strip_prefix(series))
-            .and_then(|n| n.trim().parse().ok())
-            .unwrap_or_else(|| panic!("no {series} in {metrics}"))
-    };
     assert!(value("event_log_commit_records_sum ") >= 3.0);
     assert!(value("event_log_commit_duration_seconds_count ") >= 1.0);
     assert!(value("event_log_fsync_duration_seconds_count ") >= 1.0);

@@ -565,10 +565,10 @@ fn write_loop(
             }
         }
         if !batch.waiters.is_empty() {
+            let began = std::time::Instant::now();
             last_shared_commit = (2..PACE_BELOW)
                 .contains(&batch.waiters.len())
-                .then(std::time::Instant::now);
-            let began = std::time::Instant::now();
+                .then_some(began);
             let result = match statements.as_mut() {
                 Some(statements) => {
                     commit(conn, statements, &batch.payloads, &batch.acks, &mut buffers)
