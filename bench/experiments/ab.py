@@ -27,19 +27,9 @@ loader.exec_module(bench)
 
 
 def start(binary, data):
-    port = bench.free_port()
-    log = os.path.join(data, "server.log")
     if binary.endswith("bench-noop"):
-        proc = bench.start([binary, f"127.0.0.1:{port}"], log)
-        bench.wait_http(f"http://127.0.0.1:{port}/", proc)
-        return proc, port
-    env = dict(os.environ, SWITCHYARD_TRACKING__PER_IP_REQUESTS_PER_SECOND="0")
-    env.pop("SWITCHYARD_EVENT_LOG_URL", None)
-    proc = bench.start([binary, "serve", "--data-dir", data, "--listen", f"127.0.0.1:{port}",
-                        "--roles", "api,gateway"], log, env)
-    bench.wait_http(f"http://127.0.0.1:{port}/healthz", proc)
-    bench.provision(port)
-    return proc, port
+        return bench.start_noop(binary, os.path.join(data, "server.log"))
+    return bench.start_switchyard(binary, data)
 
 
 def main():
