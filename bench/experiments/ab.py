@@ -71,10 +71,8 @@ def main():
                         f"send lag {r['send_lag_ms']['p99']:.2f}; errors {r['errors_total']}")
             if hook:
                 hook.wait()
-            threads = " ".join(f"{name} {cores:.2f}" for name, cores in cpu["threads"].items()
-                               if cores > 0.01)
             print(f"round {round_} {binary}: {line}; cores: server {cpu['server']:.2f} "
-                  f"({threads}), load {cpu['generator']:.2f}, other {cpu['other']:.2f}",
+                  f"({bench.thread_cores(cpu)}), load {cpu['generator']:.2f}, other {cpu['other']:.2f}",
                   flush=True)
             bench.stop(proc)
     print(f"scratch directory: {scratch}")
