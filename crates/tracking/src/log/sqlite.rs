@@ -50,6 +50,13 @@
 //! as an LZ4 block when that is smaller (`codec` 1, else 0): a site's records repeat most of
 //! their bytes, so a commit writes several times fewer WAL pages.
 //!
+//! **Sequences** are the rowids, given by the writer (the last one plus one), never reused: the
+//! last one is the table's highest `seq` or, when retention has emptied the table, the newest
+//! note in `log_marks` (below), which retention writes before it deletes anything. The table is
+//! not `AUTOINCREMENT`: that would keep the same number in `sqlite_sequence`, whose page every
+//! commit would then rewrite, one more 4 KiB WAL frame a commit on top of the table's own 2–3
+//! (bench/RESULTS.md, 2026-12-06 session 15). Files created before that keep it; it does no harm.
+//!
 //! **Retention.** Records are kept for [`Options::max_age`] (7 days, the NATS log's horizon) and
 //! then deleted, oldest first and in chunks, once every consumer group has acknowledged them; a
 //! group that stopped consuming holds them back. Once a minute the writer notes the time of its
@@ -148,7 +155,7 @@ impl SqliteLog {
         // reading the rows.
         sqlx::raw_sql(
             "CREATE TABLE IF NOT EXISTS log (
-                 seq     INTEGER PRIMARY KEY AUTOINCREMENT,
+                 seq     INTEGER PRIMARY KEY,
                  payload BLOB NOT NULL,
                  records INTEGER NOT NULL DEFAULT 1,
                  codec   INTEGER NOT NULL DEFAULT 0
@@ -855,7 +862,8 @@ const PRUNE_RECORDS: i64 = 16_384;
 /// deletes the oldest records that are both older than `max_age` (by the newest note at least
 /// that old) and acknowledged by every consumer group, at most [`PRUNE_RECORDS`] of them.
 /// Returns whether more are due. A row goes only as a whole, once its last record may go.
-/// The sequences never restart: AUTOINCREMENT remembers the last one even in an empty table.
+/// The sequences never restart: the note written first holds the last one, and the newest note
+/// is never deleted, so it outlives the rows (see [`LAST_SEQUENCE`]).
 fn prune(conn: &rusqlite::Connection, max_age: Duration, now: i64) -> rusqlite::Result<bool> {
     let cutoff = now.saturating_sub(i64::try_from(max_age.as_millis()).unwrap_or(i64::MAX));
     transaction(conn, || {
@@ -908,10 +916,13 @@ impl<'c> Statements<'c> {
     }
 }
 
-/// The last sequence given out. AUTOINCREMENT's own record of it also covers a table whose
-/// newest rows were deleted by hand.
-const LAST_SEQUENCE: &str = "SELECT MAX(COALESCE((SELECT MAX(seq) FROM log), 0),
-    COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'log'), 0))";
+/// The last sequence given out: the table's highest, or when retention has emptied the table,
+/// the highest noted in `log_marks` (retention notes the last sequence before it deletes, and
+/// keeps the newest note). Retention deletes only from the oldest end, so a table that holds
+/// rows holds the last one. The writer reads it in every commit: while the table holds rows it
+/// is one look at the rowid B-tree's last page.
+const LAST_SEQUENCE: &str = "SELECT COALESCE((SELECT MAX(seq) FROM log),
+    (SELECT MAX(seq) FROM log_marks), 0)";
 
 struct SqliteSubscription {
     pool: SqlitePool,
@@ -1568,6 +1579,31 @@ mod tests {
         let batch = sub.next_batch(10, Duration::ZERO).await.unwrap();
         assert_eq!(batch.len(), 1);
         assert_eq!(batch[0].sequence, total as u64 + 1);
+    }
+
+    /// WAL frames in the file at `path` (its header is 32 bytes, a frame 24 and a page).
+    fn wal_frames(path: &Path) -> u64 {
+        let len = std::fs::metadata(wal_path(path)).map_or(0, |m| m.len());
+        len.saturating_sub(32) / (24 + 4096)
+    }
+
+    #[tokio::test]
+    async fn a_small_commit_writes_one_page() {
+        // A commit of a few bytes rewrites the table's last leaf page and nothing else (now and
+        // then a new leaf, which also changes its parent and the header page). With
+        // AUTOINCREMENT every commit would also rewrite `sqlite_sequence`'s page.
+        let (dir, log) = open_temp(Options::default()).await;
+        let path = dir.path().join("events.db");
+        log.append(b"first".to_vec()).await.unwrap();
+        let before = wal_frames(&path);
+        for i in 0..200u32 {
+            log.append(i.to_le_bytes().to_vec()).await.unwrap();
+        }
+        let frames = wal_frames(&path) - before;
+        assert!(
+            (200..=220).contains(&frames),
+            "{frames} WAL frames for 200 one-record commits"
+        );
     }
 
     #[tokio::test]
