@@ -19,7 +19,7 @@ use axum::serve::IncomingStream;
 use axum::{Json, Router};
 use futures::future::{BoxFuture, Either};
 use metrics::{Counter, Histogram};
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use platform::http::{method_not_allowed_fallback, not_found_fallback};
 use platform::{ApiError, AppState};
 use rustc_hash::FxHashMap;
@@ -285,15 +285,50 @@ fn not_ready(reason: &'static str) -> Response {
         .into_response()
 }
 
-/// How often histogram samples are drained into their summaries when nobody scrapes.
-const UPKEEP_EVERY: Duration = Duration::from_secs(5);
+/// How often histogram samples are drained into their buckets when nobody scrapes: often, so
+/// that each drain is short (the gateway records ~40,000 samples a second, and a drain is a
+/// burst of CPU on a machine the requests share).
+const UPKEEP_EVERY: Duration = Duration::from_secs(1);
+
+/// Upper bounds of the buckets of every `*_seconds` histogram: from 100 µs (the gateway answers
+/// in about a millisecond) to a minute (background jobs).
+const SECONDS_BUCKETS: [f64; 18] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0, 30.0, 60.0,
+];
+
+/// Upper bounds of the buckets of `event_log_commit_records` (records in one commit, up to the
+/// log's batch limit).
+const RECORDS_BUCKETS: [f64; 13] = [
+    1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 2048.0, 4096.0,
+];
 
 /// The process-wide Prometheus recorder (metrics are global; tests start several servers in one
 /// process, so it is installed once).
+///
+/// Histograms are Prometheus histograms (`_bucket{le=…}`), not summaries (quantiles): buckets
+/// add up across instances, so a deployment of several gateways gets its p99 from
+/// `histogram_quantile(0.99, sum by (le) (rate(…_bucket[5m])))`, which per-instance quantiles
+/// cannot give; and counting a sample into a bucket is a few comparisons, where a summary's
+/// sketch cost about 0.1 µs a sample (a 20 ms burst of the upkeep thread every 5 s at 38,000
+/// requests a second, bench/RESULTS.md 2026-12-06 session 15).
 pub fn prometheus() -> &'static PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
     HANDLE.get_or_init(|| {
-        let recorder = PrometheusBuilder::new().build_recorder();
+        let builder = PrometheusBuilder::new()
+            .set_buckets(&SECONDS_BUCKETS)
+            .and_then(|b| {
+                b.set_buckets_for_metric(
+                    Matcher::Full("event_log_commit_records".into()),
+                    &RECORDS_BUCKETS,
+                )
+            })
+            .unwrap_or_else(|err| {
+                // Only empty bucket lists are refused, and these are constants.
+                tracing::warn!(error = %err, "metrics: histograms fall back to summaries");
+                PrometheusBuilder::new()
+            });
+        let recorder = builder.build_recorder();
         let handle = recorder.handle();
         // Another recorder may already be installed (an embedding program); ours still renders.
         let _ = metrics::set_global_recorder(recorder);

@@ -428,6 +428,18 @@ async fn limits_refuse_with_retry_after_and_usage_counts() {
     assert!(value("event_log_commit_duration_seconds_count ") >= 1.0);
     assert!(value("event_log_fsync_duration_seconds_count ") >= 1.0);
     assert!(metrics.contains("event_log_queued "), "{metrics}");
+    // Histograms, not summaries: buckets add up across instances. Each request above took less
+    // than a minute, so the last finite bucket counts them all.
+    let bucket =
+        |series: &str, le: &str| value(&format!("{}le=\"{le}\"}} ", series.trim_end_matches('}')));
+    let collected = "http_request_duration_seconds_bucket{method=\"POST\",route=\"/g/collect\",status=\"204\",}";
+    assert!(bucket(collected, "60") >= 3.0, "{metrics}");
+    assert_eq!(bucket(collected, "60"), bucket(collected, "+Inf"));
+    assert!(
+        bucket("event_log_commit_records_bucket{}", "4096") >= 1.0,
+        "{metrics}"
+    );
+    assert!(!metrics.contains("quantile="), "{metrics}");
 }
 
 #[tokio::test]
