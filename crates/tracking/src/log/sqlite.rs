@@ -54,8 +54,10 @@
 //! last one is the table's highest `seq` or, when retention has emptied the table, the newest
 //! note in `log_marks` (below), which retention writes before it deletes anything. The table is
 //! not `AUTOINCREMENT`: that would keep the same number in `sqlite_sequence`, whose page every
-//! commit would then rewrite, one more 4 KiB WAL frame a commit on top of the table's own 2–3
-//! (bench/RESULTS.md, 2026-12-06 session 15). Files created before that keep it; it does no harm.
+//! commit would then rewrite, one more 4 KiB WAL frame a commit on top of the table's own (its
+//! last leaf, and with each new leaf the parent and the header page): a quarter of what the
+//! benchmark's commits wrote (bench/RESULTS.md, 2026-12-06 session 15). Files created before
+//! that keep it; it does no harm.
 //!
 //! **Retention.** Records are kept for [`Options::max_age`] (7 days, the NATS log's horizon) and
 //! then deleted, oldest first and in chunks, once every consumer group has acknowledged them; a
