@@ -32,7 +32,6 @@ def run(size):
         nxt += period
     lat.sort()
     q = lambda p: lat[min(len(lat)-1, int(p*len(lat)))]*1000
-    slow = sum(x for x in lat if x > 0.002)
     print(f"size {size:6d}: n {len(lat)} p50 {q(.5):.3f} p99 {q(.99):.3f} p99.9 {q(.999):.3f} max {lat[-1]*1000:.2f} ms; >2ms {sum(1 for x in lat if x>0.002)}; busy {sum(lat)/secs*100:.0f}%", flush=True)
 for rnd in range(int(os.environ.get("ROUNDS", "2"))):
     for s in sizes: run(s)
