@@ -38,8 +38,8 @@
 //! than [`Options::commit_interval`] ago (0.5 ms), it waits out the rest of that interval
 //! first. A lone request (the last commit was its predecessor's alone, or long ago) commits at
 //! once, so a client sending one request at a time is not slowed, and so does everything after
-//! a commit of 32 or more, whose fixed cost is spread thin already; under a steady load a
-//! request waits at most the interval longer.
+//! a commit of 32 or more, and a batch of 32 or more itself, whose fixed cost is spread thin
+//! already; under a steady load a request waits at most the interval longer.
 //!
 //! **Rows.** A row holds a run of consecutive records, up to 256 of them: `seq` is its last
 //! record's sequence, `records` how many it holds, and `payload` the record itself when it holds
@@ -332,7 +332,8 @@ const COMMIT_INTERVAL: Duration = Duration::from_micros(500);
 /// Only a commit shared by fewer requests than this paces the next one: a larger commit has
 /// spread its fixed cost thin already (~40 µs over 32 or more), and waiting after large
 /// commits is what made the closed loop's connections wait out intervals together (three
-/// pairs: −3% instead of −5%, open-loop savings the same).
+/// pairs: −3% instead of −5%, open-loop savings the same). Nor does a batch this large wait
+/// ([`Batch::pacing`]).
 const PACE_BELOW: usize = 32;
 
 /// SQLite's WAL file of the database at `path`.
@@ -508,6 +509,24 @@ impl Batch {
     fn full(&self, records: usize, bytes: usize) -> bool {
         self.payloads.len() >= records || self.bytes >= bytes
     }
+
+    /// How long this batch waits before it commits (see "Paced commits"): the rest of
+    /// `interval` since `last_shared_commit` began, unless that has passed, a close waits, or
+    /// the batch holds [`PACE_BELOW`] requests already. Such a batch spreads a commit's fixed
+    /// cost thin, as a commit of that size does (which is why it does not pace the next one).
+    /// In a closed loop, the requests that gather during a small commit's fsync are often such
+    /// a batch; making them wait out the interval too cost the benchmark's closed loop 9–12% on
+    /// a fast VM (bench/RESULTS.md, 2026-12-06 session 16).
+    fn pacing(
+        &self,
+        last_shared_commit: Option<std::time::Instant>,
+        interval: Duration,
+    ) -> Option<Duration> {
+        if self.closing.is_some() || self.waiters.len() >= PACE_BELOW {
+            return None;
+        }
+        interval.checked_sub(last_shared_commit?.elapsed())
+    }
 }
 
 /// The writer thread's loop: one transaction per batch of waiting appends, each made durable
@@ -554,11 +573,9 @@ fn write_loop(
     let mut last_shared_commit = None;
     while let Some(first) = receiver.blocking_recv() {
         batch.gather(first, &mut receiver, options);
-        if let Some(wait) = last_shared_commit
-            .and_then(|began: std::time::Instant| {
-                options.commit_interval.checked_sub(began.elapsed())
-            })
-            .filter(|_| batch.closing.is_none() && !batch.full(early_records, early_bytes))
+        if let Some(wait) = batch
+            .pacing(last_shared_commit, options.commit_interval)
+            .filter(|_| !batch.full(early_records, early_bytes))
         {
             std::thread::sleep(wait);
             batch.gather_waiting(&mut receiver, options);
@@ -1116,6 +1133,38 @@ mod tests {
             started.elapsed()
         );
         assert_eq!(row_count(&log).await, 10, "a commit each");
+    }
+
+    fn waiting(appends: usize) -> Batch {
+        let mut batch = Batch::default();
+        for _ in 0..appends {
+            batch.waiters.push(oneshot::channel().0);
+        }
+        batch
+    }
+
+    /// A small batch waits out the rest of the interval after a shared commit; a batch of
+    /// `PACE_BELOW` or more, a batch with a close behind it, or any batch once the interval has
+    /// passed or when the last commit was not shared, commits at once.
+    #[test]
+    fn only_small_batches_soon_after_a_shared_commit_wait() {
+        let interval = Duration::from_secs(60);
+        let just_now = Some(std::time::Instant::now());
+        let wait = waiting(PACE_BELOW - 1).pacing(just_now, interval);
+        assert!(
+            wait.is_some_and(|w| w > interval / 2 && w <= interval),
+            "{wait:?}"
+        );
+        assert_eq!(waiting(PACE_BELOW).pacing(just_now, interval), None);
+        assert_eq!(waiting(1).pacing(None, interval), None, "not shared");
+        assert_eq!(
+            waiting(1).pacing(just_now, Duration::ZERO),
+            None,
+            "interval over"
+        );
+        let mut closing = waiting(1);
+        closing.closing = Some(oneshot::channel().0);
+        assert_eq!(closing.pacing(just_now, interval), None);
     }
 
     /// With batches of at most 4 records, 1,000 concurrent appends leave a backlog behind most
