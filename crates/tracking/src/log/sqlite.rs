@@ -515,8 +515,8 @@ impl Batch {
     /// the batch holds [`PACE_BELOW`] requests already. Such a batch spreads a commit's fixed
     /// cost thin, as a commit of that size does (which is why it does not pace the next one).
     /// In a closed loop, the requests that gather during a small commit's fsync are often such
-    /// a batch; making them wait out the interval too cost the benchmark's closed loop 9–12% on
-    /// a fast VM (bench/RESULTS.md, 2026-12-06 session 16).
+    /// a batch; making them wait out the interval too held the benchmark's closed loop 8–11%
+    /// lower on a fast VM (bench/RESULTS.md, 2026-12-06 session 16).
     fn pacing(
         &self,
         last_shared_commit: Option<std::time::Instant>,
