@@ -235,6 +235,29 @@ async fn start_worker_role(
     Ok(())
 }
 
+/// Connections the kernel completes and queues for the server before it accepts them
+/// ([`listen`]); Linux caps it at `net.core.somaxconn` (4096 by default since 5.4).
+pub const LISTEN_BACKLOG: u32 = 4096;
+
+/// The listening socket for [`run`], with a deep accept queue. `TcpListener::bind` asks for
+/// 128 here, and a burst of new connections beyond that (a load balancer opening its pool, many
+/// browsers at once, a tool connecting a thousand sockets) overflows it: the kernel drops the
+/// handshake's last packet and the client tries again only after a second, then three. A
+/// benchmark's generator took ~5 s to open 1,024 connections that way (bench/RESULTS.md,
+/// 2026-12-06 session 16).
+pub fn listen(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    // As `TcpListener::bind` does: a restarted server can listen again at once.
+    #[cfg(unix)]
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
 /// Serves until `shutdown` is cancelled, then drains in-flight requests and background work.
 pub async fn run(
     app: App,

@@ -264,8 +264,7 @@ async fn real_main() -> anyhow::Result<()> {
             let config = storage.load(listen.as_deref())?;
             init_logging(config.log_format);
             tracing::info!(?config, "starting");
-            let listener = tokio::net::TcpListener::bind(config.listen)
-                .await
+            let listener = switchyard::listen(config.listen)
                 .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
             let app = switchyard::build(config).await?;
             let shutdown = CancellationToken::new();

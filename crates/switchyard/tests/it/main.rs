@@ -19,6 +19,7 @@ mod deals;
 mod demo;
 mod forward;
 mod imports;
+mod listener;
 mod loader;
 mod segment_client;
 mod sites;

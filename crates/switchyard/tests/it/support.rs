@@ -148,9 +148,7 @@ impl TestApp {
         let log = app.log.clone();
         let usage = app.usage.clone();
         let analytics = app.analytics.clone();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
+        let listener = switchyard::listen(([127, 0, 0, 1], 0).into()).expect("listen");
         let addr = listener.local_addr().expect("addr");
         let shutdown = CancellationToken::new();
         let server = tokio::spawn(switchyard::run(
