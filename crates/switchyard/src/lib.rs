@@ -243,9 +243,8 @@ pub const LISTEN_BACKLOG: u32 = 4096;
 /// 128 here, and a burst of new connections beyond that (a load balancer opening its pool, many
 /// browsers at once, a tool connecting a thousand sockets) overflows it: the kernel drops the
 /// new connections' handshake packets and each client tries again only after a second, then
-/// three. A
-/// benchmark's generator took ~5 s to open 1,024 connections that way (bench/RESULTS.md,
-/// 2026-12-06 session 16).
+/// three. A benchmark's generator took ~5 s to open 1,024 connections that way
+/// (bench/RESULTS.md, 2026-12-06 session 16).
 pub fn listen(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
     let socket = if addr.is_ipv4() {
         tokio::net::TcpSocket::new_v4()?
