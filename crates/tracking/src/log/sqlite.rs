@@ -511,18 +511,24 @@ impl Batch {
     }
 
     /// How long this batch waits before it commits (see "Paced commits"): the rest of
-    /// `interval` since `last_shared_commit` began, unless that has passed, a close waits, or
-    /// the batch holds [`PACE_BELOW`] requests already. Such a batch spreads a commit's fixed
-    /// cost thin, as a commit of that size does (which is why it does not pace the next one).
-    /// In a closed loop, the requests that gather during a small commit's fsync are often such
-    /// a batch; making them wait out the interval too held the benchmark's closed loop 8–11%
-    /// lower on a fast VM (bench/RESULTS.md, 2026-12-06 session 16).
+    /// `interval` since `last_shared_commit` began, unless that has passed, a close waits, the
+    /// batch is as large as the writer commits early anyway (`early`: records and bytes, see
+    /// [`COMMIT_WHILE_SYNCING`]), or it holds [`PACE_BELOW`] requests already. Such a batch
+    /// spreads a commit's fixed cost thin, as a commit of that size does (which is why it does
+    /// not pace the next one). In a closed loop, the requests that gather during a small
+    /// commit's fsync are often such a batch; making them wait out the interval too held the
+    /// benchmark's closed loop 8–11% lower on a fast VM (bench/RESULTS.md, 2026-12-06 session
+    /// 16).
     fn pacing(
         &self,
         last_shared_commit: Option<std::time::Instant>,
         interval: Duration,
+        (early_records, early_bytes): (usize, usize),
     ) -> Option<Duration> {
-        if self.closing.is_some() || self.waiters.len() >= PACE_BELOW {
+        if self.closing.is_some()
+            || self.waiters.len() >= PACE_BELOW
+            || self.full(early_records, early_bytes)
+        {
             return None;
         }
         interval.checked_sub(last_shared_commit?.elapsed())
@@ -573,10 +579,11 @@ fn write_loop(
     let mut last_shared_commit = None;
     while let Some(first) = receiver.blocking_recv() {
         batch.gather(first, &mut receiver, options);
-        if let Some(wait) = batch
-            .pacing(last_shared_commit, options.commit_interval)
-            .filter(|_| !batch.full(early_records, early_bytes))
-        {
+        if let Some(wait) = batch.pacing(
+            last_shared_commit,
+            options.commit_interval,
+            (early_records, early_bytes),
+        ) {
             std::thread::sleep(wait);
             batch.gather_waiting(&mut receiver, options);
         }
@@ -1150,21 +1157,22 @@ mod tests {
     fn only_small_batches_soon_after_a_shared_commit_wait() {
         let interval = Duration::from_secs(60);
         let just_now = Some(std::time::Instant::now());
-        let wait = waiting(PACE_BELOW - 1).pacing(just_now, interval);
+        let early = (COMMIT_WHILE_SYNCING, COMMIT_WHILE_SYNCING_BYTES);
+        let wait = waiting(PACE_BELOW - 1).pacing(just_now, interval, early);
         assert!(
             wait.is_some_and(|w| w > interval / 2 && w <= interval),
             "{wait:?}"
         );
-        assert_eq!(waiting(PACE_BELOW).pacing(just_now, interval), None);
-        assert_eq!(waiting(1).pacing(None, interval), None, "not shared");
+        assert_eq!(waiting(PACE_BELOW).pacing(just_now, interval, early), None);
+        assert_eq!(waiting(1).pacing(None, interval, early), None, "not shared");
         assert_eq!(
-            waiting(1).pacing(just_now, Duration::ZERO),
+            waiting(1).pacing(just_now, Duration::ZERO, early),
             None,
             "interval over"
         );
         let mut closing = waiting(1);
         closing.closing = Some(oneshot::channel().0);
-        assert_eq!(closing.pacing(just_now, interval), None);
+        assert_eq!(closing.pacing(just_now, interval, early), None);
     }
 
     /// With batches of at most 4 records, 1,000 concurrent appends leave a backlog behind most
