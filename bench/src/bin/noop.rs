@@ -13,7 +13,18 @@ async fn main() -> anyhow::Result<()> {
     let listen = std::env::args()
         .nth(1)
         .unwrap_or_else(|| "127.0.0.1:0".to_owned());
-    let listener = tokio::net::TcpListener::bind(&listen).await?;
+    let addr: std::net::SocketAddr = listen.parse()?;
+    // The accept queue switchyard asks for (`switchyard::listen`), not `TcpListener::bind`'s
+    // 128: with 128, a generator opening 1,024 connections at once had handshakes dropped and
+    // retried after 1 s and 3 s, so its start took ~5 s against this server only.
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    let listener = socket.listen(4096)?;
     eprintln!("bench-noop listening on {}", listener.local_addr()?);
     // Reading the body keeps the work per request the same as a real collector's minimum.
     let app = Router::new().fallback(|_body: Bytes| async { StatusCode::NO_CONTENT });
