@@ -122,13 +122,22 @@ pub struct App {
     pub automation: automation::Engine,
 }
 
+/// Opens the event log `config` names, with its settings.
+pub async fn open_event_log(config: &Config) -> anyhow::Result<Arc<dyn tracking::log::EventLog>> {
+    let embedded = tracking::log::sqlite::Options {
+        commit_interval: Duration::from_micros(config.tracking.event_log_commit_interval_us),
+        ..tracking::log::sqlite::Options::default()
+    };
+    tracking::log::open(&config.event_log_url(), embedded)
+        .await
+        .context("cannot open the event log")
+}
+
 /// Opens every store (migrated), the secret box and the event log.
 pub async fn build(config: Config) -> anyhow::Result<App> {
     let db = open_database(&config).await?;
     let secrets = secret_box(&config)?;
-    let log = tracking::log::open(&config.event_log_url())
-        .await
-        .context("cannot open the event log")?;
+    let log = open_event_log(&config).await?;
     let directory = SiteDirectory::load(db.clone()).await?;
     let analytics = tracking::analytics::open(&config.analytics_url())
         .await

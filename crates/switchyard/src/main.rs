@@ -234,7 +234,7 @@ async fn real_main() -> anyhow::Result<()> {
             init_logging(config.log_format);
             let db = switchyard::open_database(&config).await?;
             switchyard::secret_box(&config)?;
-            let log = tracking::log::open(&config.event_log_url()).await?;
+            let log = switchyard::open_event_log(&config).await?;
             let options = switchyard::demo::DemoOptions {
                 sites: args.sites,
                 days: args.days,

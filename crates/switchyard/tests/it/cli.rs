@@ -167,6 +167,11 @@ fn bad_configuration_names_the_key() {
             Some(("SWITCHYARD_DATABASE_URL", "mysql://x")),
             "database_url",
         ),
+        (
+            "[tracking]\nevent_log_commit_interval_us = 20000\n",
+            None,
+            "tracking.event_log_commit_interval_us",
+        ),
         ("colour = \"blue\"\n", None, "colour"),
     ] {
         std::fs::write(&file, toml).unwrap();

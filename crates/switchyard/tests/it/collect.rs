@@ -489,3 +489,30 @@ async fn truncated_addresses_never_reach_the_log() {
         "81.2.69.0"
     );
 }
+
+/// `tracking.event_log_commit_interval_us` reaches the embedded log's writer, and a paced log
+/// still answers every request once its hit is stored: requests sent together, some of them
+/// waiting out the interval behind a shared commit, all get 204 and are all in the log.
+#[tokio::test]
+async fn the_commit_interval_setting_paces_the_embedded_log() {
+    let logs = crate::support::capture_logs();
+    let app = TestApp::spawn_with(Backend::Sqlite, |c| {
+        c.tracking.event_log_commit_interval_us = 5_000;
+    })
+    .await
+    .unwrap();
+    assert!(
+        logs.text().contains("commit_interval_us=5000"),
+        "the log was not opened with the configured interval: {}",
+        logs.text()
+    );
+    setup(&app).await;
+    let sent = 40;
+    let answers =
+        futures::future::join_all((0..sent).map(|_| ga4_post(&app, HOST, GA4_QUERY, GA4_BODY)))
+            .await;
+    for answer in answers {
+        assert_eq!(answer.status(), 204);
+    }
+    assert_eq!(app.log_records().await.len(), sent);
+}

@@ -183,7 +183,9 @@ async fn sender(
 
 /// Every hit's client id in the log, with how many times it is there (reads as a fresh group).
 async fn stored_client_ids(log_url: &str) -> HashMap<String, usize> {
-    let log = tracking::log::open(log_url).await.unwrap();
+    let log = tracking::log::open(log_url, Default::default())
+        .await
+        .unwrap();
     let group = format!("crash-check-{}", uuid::Uuid::now_v7().simple());
     let mut sub = log.subscribe(&group).await.unwrap();
     let mut stored = HashMap::new();

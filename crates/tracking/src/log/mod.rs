@@ -71,11 +71,12 @@ pub trait Subscription: Send {
     fn ack<'a>(&'a mut self, batch: &'a [Delivery]) -> BoxFuture<'a, anyhow::Result<()>>;
 }
 
-/// Opens the log named by `url`: `sqlite://PATH` or `nats://HOST:PORT[?stream=NAME]`.
-pub async fn open(url: &str) -> anyhow::Result<Arc<dyn EventLog>> {
+/// Opens the log named by `url`: `sqlite://PATH` (with `embedded`'s settings) or
+/// `nats://HOST:PORT[?stream=NAME]`.
+pub async fn open(url: &str, embedded: sqlite::Options) -> anyhow::Result<Arc<dyn EventLog>> {
     if let Some(path) = url.strip_prefix("sqlite://") {
         return Ok(Arc::new(
-            sqlite::SqliteLog::open(std::path::Path::new(path), sqlite::Options::default()).await?,
+            sqlite::SqliteLog::open(std::path::Path::new(path), embedded).await?,
         ));
     }
     if url.starts_with("nats://") {

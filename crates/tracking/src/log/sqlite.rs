@@ -35,8 +35,9 @@
 //! **Paced commits.** Each commit has a fixed cost besides its records (the fsync, and in a VM
 //! the exit that submits it; the wake-ups of its waiters), so under load the writer lets
 //! appends gather: when the last commit was shared by a few requests (2 to 31) and began less
-//! than [`Options::commit_interval`] ago (0.5 ms), it waits out the rest of that interval
-//! first. A lone request (the last commit was its predecessor's alone, or long ago) commits at
+//! than [`Options::commit_interval`] ago (0.5 ms unless the operator sets
+//! `tracking.event_log_commit_interval_us`), it waits out the rest of that interval first. A
+//! lone request (the last commit was its predecessor's alone, or long ago) commits at
 //! once, so a client sending one request at a time is not slowed, and so does everything after
 //! a commit of 32 or more, and a batch of 32 or more itself, whose fixed cost is spread thin
 //! already; under a steady load a request waits at most the interval longer.
@@ -196,6 +197,7 @@ impl SqliteLog {
         let (committed_tx, committed) = watch::channel(last);
         let (ready_tx, ready) = oneshot::channel::<anyhow::Result<()>>();
         let writer_path = path.to_owned();
+        let commit_interval = options.commit_interval;
         std::thread::Builder::new()
             .name("event-log-writer".into())
             .spawn(move || {
@@ -238,6 +240,11 @@ impl SqliteLog {
             .await
             .context("the event log writer thread stopped")?
             .with_context(|| format!("cannot open event log {} for writing", path.display()))?;
+        tracing::info!(
+            path = %path.display(),
+            commit_interval_us = commit_interval.as_micros(),
+            "event log opened"
+        );
         Ok(SqliteLog {
             sender,
             pool,
