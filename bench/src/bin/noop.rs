@@ -16,7 +16,7 @@ async fn main() -> anyhow::Result<()> {
     let addr: std::net::SocketAddr = listen.parse()?;
     // The accept queue switchyard asks for (`switchyard::listen`), not `TcpListener::bind`'s
     // 128: with 128, a generator opening 1,024 connections at once had handshakes dropped and
-    // retried after 1 s and 3 s, so its start took ~5 s against this server only.
+    // retried after 1 s and 3 s, so its start took 5–8 s against this server only.
     let socket = if addr.is_ipv4() {
         tokio::net::TcpSocket::new_v4()?
     } else {

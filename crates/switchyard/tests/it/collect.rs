@@ -494,7 +494,7 @@ async fn truncated_addresses_never_reach_the_log() {
 /// still answers every request once its hit is stored: requests sent together, some of them
 /// waiting out the interval behind a shared commit, all get 204 and are all in the log.
 #[tokio::test]
-async fn the_commit_interval_setting_paces_the_embedded_log() {
+async fn the_commit_interval_setting_reaches_the_embedded_log() {
     let logs = crate::support::capture_logs();
     let app = TestApp::spawn_with(Backend::Sqlite, |c| {
         c.tracking.event_log_commit_interval_us = 5_000;
