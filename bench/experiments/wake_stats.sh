@@ -5,11 +5,7 @@
 # the server spent on each `/g/collect` request (`http_request_duration_seconds`): mean and how
 # many took over 0.5–25 ms. Arguments: PID SECONDS PREFIX (ab.py passes them).
 set -euo pipefail
-pid=$1 seconds=$2 prefix=$3
-port=$(ss -ltnpH | grep "pid=$pid," | head -1 | awk '{print $4}' | sed 's/.*://')
-curl -fsS "http://127.0.0.1:$port/metrics" > "$prefix.before"
-sleep "$seconds"
-curl -fsS "http://127.0.0.1:$port/metrics" > "$prefix.after"
+source "$(dirname "$0")/metrics_window.sh"
 python3 - "$prefix" <<'PY'
 import sys, re
 prefix = sys.argv[1]

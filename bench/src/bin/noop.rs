@@ -14,8 +14,8 @@ async fn main() -> anyhow::Result<()> {
         .nth(1)
         .unwrap_or_else(|| "127.0.0.1:0".to_owned());
     let addr: std::net::SocketAddr = listen.parse()?;
-    // The accept queue switchyard asks for (`switchyard::listen`), not `TcpListener::bind`'s
-    // 128: with 128, a generator opening 1,024 connections at once had handshakes dropped and
+    // The accept queue switchyard asks for (as `switchyard::listen` does; not called, so the
+    // baseline does not link switchyard), not `TcpListener::bind`'s 128: with 128, a generator opening 1,024 connections at once had handshakes dropped and
     // retried after 1 s and 3 s, so its start took 5–8 s against this server only.
     let socket = if addr.is_ipv4() {
         tokio::net::TcpSocket::new_v4()?
