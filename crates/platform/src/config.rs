@@ -15,6 +15,11 @@ use serde::Deserialize;
 pub struct Config {
     /// Address the HTTP server binds.
     pub listen: SocketAddr,
+    /// Threads that serve HTTP connections, each running its own event loop; accepted
+    /// connections are dealt to them in turn. Unset: one per CPU. `0`: connections are served
+    /// by the shared, work-stealing runtime instead (what every request except the tracking
+    /// hot path runs on anyway). At most 256.
+    pub http_threads: Option<usize>,
     /// Where embedded SQLite files and the generated secret key live.
     pub data_dir: PathBuf,
     /// `postgres://…` moves product state to PostgreSQL; unset means `sqlite://{data_dir}/state.db`.
@@ -198,6 +203,7 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            http_threads: None,
             data_dir: PathBuf::from("./data"),
             database_url: None,
             public_url: None,
@@ -255,6 +261,7 @@ impl Config {
     /// `SWITCHYARD_*` variables, such as `SWITCHYARD_LOG`, also live).
     pub const KEYS: &'static [&'static str] = &[
         "listen",
+        "http_threads",
         "data_dir",
         "database_url",
         "public_url",
@@ -298,6 +305,9 @@ impl Config {
             && !(url.starts_with("http://") || url.starts_with("https://"))
         {
             return Err(err("public_url", "expected an http:// or https:// URL"));
+        }
+        if self.http_threads.is_some_and(|n| n > 256) {
+            return Err(err("http_threads", "must be at most 256"));
         }
         if self.max_body_bytes < 1024 {
             return Err(err("max_body_bytes", "must be at least 1024"));

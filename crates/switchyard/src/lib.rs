@@ -331,14 +331,11 @@ pub async fn run(
     if roles.contains(&ServeRole::Api) || roles.contains(&ServeRole::Gateway) {
         let server = server::Server::new(&app, &roles)?;
         let addr = listener.local_addr()?;
-        tracing::info!(%addr, "listening");
-        let token = shutdown.clone();
-        background.spawn(async move {
-            axum::serve(listener, server)
-                .with_graceful_shutdown(token.cancelled_owned())
-                .await
-                .context("HTTP server failed")
+        let threads = state.config.http_threads.unwrap_or_else(|| {
+            std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
         });
+        tracing::info!(%addr, http_threads = threads, "listening");
+        background.spawn(server::serve(listener, server, threads, shutdown.clone()));
     }
     let mut result = Ok(());
     while let Some(joined) = background.join_next().await {

@@ -8,6 +8,7 @@ use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use anyhow::Context as _;
 use axum::body::Body;
 use axum::extract::{ConnectInfo, DefaultBodyLimit, MatchedPath, Request, State};
 use axum::http::{HeaderName, StatusCode, header};
@@ -23,11 +24,15 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use platform::http::{method_not_allowed_fallback, not_found_fallback};
 use platform::{ApiError, AppState};
 use rustc_hash::FxHashMap;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::runtime::Handle;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
 use tower::Service;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
-use tracking::gateway::{Gateway, collect_ga4, gateway_fallback};
+use tracking::gateway::{Gateway, collect_ga4, gateway_fallback, preview};
 use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 
@@ -95,6 +100,9 @@ pub struct Server {
     router: Router,
     /// The gateway, when this process serves it: `/g/collect` goes to it directly.
     gateway: Option<Arc<Gateway>>,
+    /// Where routed requests run when connections are served by HTTP threads (see [`serve`]):
+    /// the shared runtime. `None`: where their connection runs.
+    shared: Option<Handle>,
 }
 
 /// The path the gateway serves without the router (see [`Connection`]).
@@ -130,11 +138,157 @@ impl Server {
         Ok(Server {
             router: router.layer(middleware::from_fn(record_metrics)),
             gateway,
+            shared: None,
         })
     }
 }
 
-impl<'a> Service<IncomingStream<'a, TcpListener>> for Server {
+/// Serves `listener` until `shutdown` is cancelled, then lets in-flight requests finish.
+///
+/// With `threads` 0, connections are tasks of the runtime this is called on (tokio's
+/// work-stealing scheduler). Otherwise `threads` OS threads named `http-N` each run a
+/// single-threaded runtime, and this task accepts connections and deals them to the threads in
+/// turn; a connection stays on its thread. There, `/g/collect` (the tracking hot path, most of a
+/// gateway's requests) runs start to end on the thread that reads it; every other request
+/// (the API, the other collect endpoints, preview, the loader) is spawned onto the runtime this
+/// is called on, so a slow handler never holds up a thread's other connections and handlers
+/// keep the shared runtime's facilities.
+///
+/// Why: a `/g/collect` request waits for the event log, whose writer thread wakes it when its
+/// commit is durable. In the work-stealing scheduler such a wake-up from outside lands in the
+/// shared queue, which a worker busy with its own tasks looks at only every so often (and
+/// waking an idle worker to steal costs a futex and an inter-processor interrupt, dear in a VM);
+/// on its own single-threaded runtime the woken request is next in line. At a fixed 73,000
+/// requests a second (three alternating pairs, bench/RESULTS.md, 2026-12-06 session 18) p99
+/// fell from 18.3–37.2 ms to 3.9–5.0 ms and the server's CPU from 1.12–1.14 to 1.03–1.05
+/// cores; closed loop (`wrk -c64`) went from 74.1–75.1k to 80.1–81.3k requests a second.
+pub async fn serve(
+    listener: TcpListener,
+    mut server: Server,
+    threads: usize,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    if threads == 0 {
+        return axum::serve(listener, server)
+            .with_graceful_shutdown(shutdown.cancelled_owned())
+            .await
+            .context("HTTP server failed");
+    }
+    server.shared = Some(Handle::current());
+    let local = listener.local_addr()?;
+    let mut queues = Vec::with_capacity(threads);
+    let mut finished = JoinSet::new();
+    for index in 0..threads {
+        let (queue, connections) = mpsc::unbounded_channel();
+        let (done, result) = oneshot::channel();
+        let (server, shutdown) = (server.clone(), shutdown.clone());
+        std::thread::Builder::new()
+            .name(format!("http-{index}"))
+            .spawn(move || {
+                let served = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .context("cannot start an HTTP thread's runtime")
+                    .and_then(|runtime| {
+                        runtime.block_on(async move {
+                            let listener = Dealt { connections, local };
+                            axum::serve(listener, server)
+                                .with_graceful_shutdown(shutdown.cancelled_owned())
+                                .await
+                                .context("HTTP server failed")
+                        })
+                    });
+                let _ = done.send(served);
+            })
+            .context("cannot start an HTTP thread")?;
+        queues.push(queue);
+        finished.spawn(async move {
+            result
+                .await
+                .unwrap_or_else(|_| Err(anyhow::anyhow!("HTTP thread {index} panicked")))
+        });
+    }
+    let mut listener = listener;
+    let mut next = 0;
+    let dealing = async {
+        loop {
+            let (stream, peer) = axum::serve::Listener::accept(&mut listener).await;
+            // Out of this runtime's reactor, into the chosen thread's (`Dealt::accept`).
+            match stream.into_std() {
+                Ok(stream) => {
+                    let _ = queues[next].send((stream, peer));
+                    next = (next + 1) % queues.len();
+                }
+                Err(err) => tracing::warn!(error = %err, %peer, "cannot hand a connection over"),
+            }
+        }
+    };
+    let stopped_early = tokio::select! {
+        () = dealing => None,
+        () = shutdown.cancelled() => None,
+        Some(joined) = finished.join_next() => Some(joined),
+    };
+    drop(listener);
+    // Connections dealt but not yet taken are closed unanswered.
+    drop(queues);
+    let mut result = Ok(());
+    if let Some(joined) = stopped_early {
+        let served = joined
+            .map_err(anyhow::Error::from)
+            .and_then(|served| served);
+        if !shutdown.is_cancelled() {
+            // A thread stopped serving on its own: stop the process rather than serve on less.
+            shutdown.cancel();
+            result = Err(served
+                .err()
+                .unwrap_or_else(|| anyhow::anyhow!("an HTTP thread stopped serving")));
+        } else {
+            result = served;
+        }
+    }
+    while let Some(joined) = finished.join_next().await {
+        if let Err(err) = joined
+            .map_err(anyhow::Error::from)
+            .and_then(|served| served)
+        {
+            result = Err(err);
+        }
+    }
+    result
+}
+
+/// The connections [`serve`] deals to one HTTP thread, as the listener that thread serves.
+struct Dealt {
+    connections: mpsc::UnboundedReceiver<(std::net::TcpStream, SocketAddr)>,
+    local: SocketAddr,
+}
+
+impl axum::serve::Listener for Dealt {
+    type Io = TcpStream;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (TcpStream, SocketAddr) {
+        loop {
+            match self.connections.recv().await {
+                Some((stream, peer)) => match TcpStream::from_std(stream) {
+                    Ok(stream) => return (stream, peer),
+                    Err(err) => tracing::warn!(error = %err, %peer, "cannot take a connection"),
+                },
+                // The dealer stopped: shutdown, which ends this thread's server too.
+                None => std::future::pending::<()>().await,
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        Ok(self.local)
+    }
+}
+
+impl<'a, L> Service<IncomingStream<'a, L>> for Server
+where
+    L: axum::serve::Listener<Addr = SocketAddr>,
+{
     type Response = Connection;
     type Error = Infallible;
     type Future = std::future::Ready<Result<Connection, Infallible>>;
@@ -143,10 +297,11 @@ impl<'a> Service<IncomingStream<'a, TcpListener>> for Server {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, stream: IncomingStream<'a, TcpListener>) -> Self::Future {
+    fn call(&mut self, stream: IncomingStream<'a, L>) -> Self::Future {
         std::future::ready(Ok(Connection {
             router: self.router.clone(),
             gateway: self.gateway.clone(),
+            shared: self.shared.clone(),
             peer: *stream.remote_addr(),
         }))
     }
@@ -156,11 +311,13 @@ impl<'a> Service<IncomingStream<'a, TcpListener>> for Server {
 /// gateway's handler and is counted like a routed request: the router's dispatch, its boxed
 /// middleware, and the extensions it adds (peer address, matched path) cost CPU on every
 /// request. Everything else goes through the router, with the peer address as `ConnectInfo`
-/// (what `into_make_service_with_connect_info` gave it).
+/// (what `into_make_service_with_connect_info` gave it), on the shared runtime when there is
+/// one (see [`serve`]).
 #[derive(Clone)]
 pub struct Connection {
     router: Router,
     gateway: Option<Arc<Gateway>>,
+    shared: Option<Handle>,
     peer: SocketAddr,
 }
 
@@ -176,6 +333,9 @@ impl Service<Request> for Connection {
     fn call(&mut self, mut req: Request) -> Self::Future {
         if let Some(gateway) = &self.gateway
             && req.uri().path() == GA4_COLLECT
+            // Preview traffic is proxied to the tagging server's preview: a slow upstream, and
+            // an HTTP client, both for the shared runtime.
+            && (self.shared.is_none() || !req.headers().contains_key(preview::HEADER))
         {
             let (gateway, peer) = (gateway.clone(), self.peer);
             return Either::Left(Box::pin(async move {
@@ -187,7 +347,23 @@ impl Service<Request> for Connection {
             }));
         }
         req.extensions_mut().insert(ConnectInfo(self.peer));
-        Either::Right(self.router.call(req))
+        let routed = self.router.call(req);
+        match &self.shared {
+            None => Either::Right(routed),
+            Some(shared) => {
+                let task = shared.spawn(routed);
+                Either::Left(Box::pin(async move {
+                    Ok(match task.await {
+                        Ok(Ok(response)) => response,
+                        Ok(Err(never)) => match never {},
+                        Err(err) => {
+                            tracing::error!(error = %err, "request handler panicked");
+                            ApiError::internal(err).into_response()
+                        }
+                    })
+                }))
+            }
+        }
     }
 }
 

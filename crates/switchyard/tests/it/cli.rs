@@ -172,6 +172,12 @@ fn bad_configuration_names_the_key() {
             None,
             "tracking.event_log_commit_interval_us",
         ),
+        ("http_threads = 1000\n", None, "http_threads"),
+        (
+            "",
+            Some(("SWITCHYARD_HTTP_THREADS", "many")),
+            "http_threads",
+        ),
         ("colour = \"blue\"\n", None, "colour"),
     ] {
         std::fs::write(&file, toml).unwrap();

@@ -131,6 +131,17 @@ impl TestApp {
         Some(Self::start(config, dir).await)
     }
 
+    /// Stops the server and waits for it to drain.
+    pub async fn stop(mut self) {
+        self.shutdown.cancel();
+        if let Some(server) = self.server.take() {
+            server
+                .await
+                .expect("the server task")
+                .expect("the server stops cleanly");
+        }
+    }
+
     /// Stops the server (waiting for it to drain) and starts a new one on the same storage and
     /// configuration, like a process restart.
     pub async fn restart(mut self) -> TestApp {
