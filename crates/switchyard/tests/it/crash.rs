@@ -1,7 +1,8 @@
 //! A 2xx on ingestion means the hit is durable: while many clients send GA4 hits, the real
 //! `switchyard` process is killed with SIGKILL; after a restart on the same storage, every hit
 //! that was answered 204 is in the event log, once. On the embedded SQLite log, and on NATS
-//! JetStream when `SWITCHYARD_TEST_NATS_URL` is set.
+//! JetStream when `SWITCHYARD_TEST_NATS_URL` is set. The same with SIGTERM instead: the server
+//! drains and exits cleanly, refusing nothing it read.
 
 use std::collections::{HashMap, HashSet};
 use std::os::unix::process::ExitStatusExt;
@@ -227,8 +228,23 @@ async fn stop(mut server: Server) {
     panic!("server did not stop within 20 s of SIGTERM");
 }
 
+/// How the server is stopped while the hits come.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Stop {
+    /// SIGKILL: no shutdown hook runs, nothing is flushed.
+    Kill,
+    /// SIGTERM: the server stops accepting, answers what it has read (from every HTTP thread)
+    /// and exits 0; nothing it answered may be refused or lost.
+    Term,
+}
+
 /// Sends, kills, restarts, and checks the log named by `log_url` (`None`: the SQLite default).
 async fn acknowledged_hits_survive_sigkill(backend: &str, log_url: Option<String>) {
+    acknowledged_hits_survive(backend, log_url, Stop::Kill).await;
+}
+
+/// Sends, stops the server as `how` says, restarts, and checks the log named by `log_url`.
+async fn acknowledged_hits_survive(backend: &str, log_url: Option<String>, how: Stop) {
     let dir = tempfile::tempdir().unwrap();
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(30))
@@ -255,12 +271,29 @@ async fn acknowledged_hits_survive_sigkill(backend: &str, log_url: Option<String
     {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    // `Child::kill` is SIGKILL: no shutdown hook runs, nothing is flushed.
-    server.child.kill().unwrap();
-    let status = server.child.wait().unwrap();
     let killed_after = started.elapsed();
+    match how {
+        Stop::Kill => {
+            // `Child::kill` is SIGKILL.
+            server.child.kill().unwrap();
+            let status = server.child.wait().unwrap();
+            assert_eq!(status.signal(), Some(9), "killed by SIGKILL: {status}");
+        }
+        Stop::Term => {
+            let pid = server.child.id().to_string();
+            Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+            let deadline = Instant::now() + Duration::from_secs(20);
+            let status = loop {
+                if let Some(status) = server.child.try_wait().unwrap() {
+                    break status;
+                }
+                assert!(Instant::now() < deadline, "no exit within 20 s of SIGTERM");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            };
+            assert!(status.success(), "exit after SIGTERM under load: {status}");
+        }
+    }
     killed.store(true, Ordering::Relaxed);
-    assert_eq!(status.signal(), Some(9), "killed by SIGKILL: {status}");
 
     let mut acknowledged = Vec::new();
     let mut unanswered = Vec::new();
@@ -299,7 +332,7 @@ async fn acknowledged_hits_survive_sigkill(backend: &str, log_url: Option<String
         .filter(|cid| stored.contains_key(*cid))
         .count();
     println!(
-        "{backend}: killed after {killed_after:?}; acknowledged {} (incl. 1 after the restart), \
+        "{backend}: {how:?} after {killed_after:?}; acknowledged {} (incl. 1 after the restart), \
          unanswered {} ({unanswered_stored} of them stored anyway), refused {refused}; \
          stored {} hits: {} acknowledged missing, {} stored more than once",
         acknowledged.len(),
@@ -312,6 +345,9 @@ async fn acknowledged_hits_survive_sigkill(backend: &str, log_url: Option<String
         acknowledged.len() > 100,
         "too few hits acknowledged before the kill for the test to mean anything"
     );
+    if how == Stop::Term {
+        assert_eq!(refused, 0, "a draining server refused hits it had read");
+    }
     assert!(
         missing.is_empty(),
         "{} acknowledged hits are not in the log, e.g. {:?}",
@@ -358,4 +394,9 @@ async fn acknowledged_hits_survive_sigkill_sqlite() {
 async fn acknowledged_hits_survive_sigkill_nats() {
     let Some(url) = nats_log_url() else { return };
     acknowledged_hits_survive_sigkill("nats", Some(url)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sigterm_under_load_drains_without_loss_sqlite() {
+    acknowledged_hits_survive("sqlite", None, Stop::Term).await;
 }
