@@ -84,6 +84,8 @@ async fn main() -> anyhow::Result<()> {
             let (queue, connections) = mpsc::unbounded_channel();
             std::thread::spawn(move || {
                 let runtime = tokio::runtime::Builder::new_current_thread()
+                    // As switchyard's HTTP threads (`HTTP_GLOBAL_QUEUE_INTERVAL`).
+                    .global_queue_interval(2)
                     .enable_all()
                     .build()
                     .expect("a runtime");
