@@ -154,9 +154,10 @@ impl Server {
 /// is called on, so a slow handler never holds up a thread's other connections and handlers
 /// keep the shared runtime's facilities.
 ///
-/// Why: in the work-stealing scheduler a worker with more than one task ready wakes an idle
-/// one to steal (a futex and an inter-processor interrupt, dear in a VM), and under a steady
-/// stream of small requests most of those wake-ups find little to do. At a fixed 73,000
+/// Why: it costs less CPU a request. Where that comes from is our reading, not a measurement:
+/// in the work-stealing scheduler a worker with more than one task ready wakes an idle one to
+/// steal (a futex and an inter-processor interrupt, dear in a VM), and under a steady stream
+/// of small requests most of those wake-ups find little to do. At a fixed 73,000
 /// requests a second (three alternating pairs, bench/RESULTS.md, 2026-12-06 session 18)
 /// the server's CPU fell from 1.12–1.14 to 1.03–1.05 cores and p99 from 18.3–37.2 ms to
 /// 3.9–5.0 ms; closed loop (`wrk -c64`) went from 74.1–75.1k to 80.1–81.3k requests a
