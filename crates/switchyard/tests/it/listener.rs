@@ -47,7 +47,8 @@ fn http_threads() -> usize {
         .unwrap_or(0)
 }
 
-/// Sends `request` on `stream` and reads one response head; returns its status.
+/// Sends `request` on `stream` and reads the response (head, and a `Content-Length` body);
+/// returns its status.
 async fn exchange(stream: &mut tokio::net::TcpStream, request: &str) -> u16 {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     stream.write_all(request.as_bytes()).await.expect("write");
