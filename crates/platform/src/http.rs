@@ -143,6 +143,34 @@ pub async fn method_not_allowed_fallback() -> ApiError {
     )
 }
 
+/// Most of a refused body [`linger`] reads before it gives up on the client.
+pub const LINGER_BYTES: usize = 16 * 1024 * 1024;
+/// Longest [`linger`] reads a refused body.
+pub const LINGER_TIME: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Reads and discards, in the background, the body of a request refused before it was read (a
+/// declared length over the limit), up to [`LINGER_BYTES`] or [`LINGER_TIME`], whichever comes
+/// first: a "lingering close", as nginx does. The refusal is answered at once either way; but
+/// a server that closes the connection with the client's unread bytes in its receive buffer
+/// makes the kernel answer them with a reset, and a client still sending its body then gets
+/// "broken pipe" instead of the 413 it was sent. Past the caps the connection is closed.
+pub fn linger(body: axum::body::Body) {
+    use futures::StreamExt;
+    tokio::spawn(async move {
+        let drain = async {
+            let mut chunks = body.into_data_stream();
+            let mut read = 0;
+            while let Some(Ok(chunk)) = chunks.next().await {
+                read += chunk.len();
+                if read > LINGER_BYTES {
+                    break;
+                }
+            }
+        };
+        let _ = tokio::time::timeout(LINGER_TIME, drain).await;
+    });
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -428,7 +428,8 @@ fn api_router(app: &App) -> Router {
         .with_state(state)
 }
 
-/// Refuses a body whose declared length is over the limit before reading any of it. Bodies
+/// Refuses a body whose declared length is over the limit before reading any of it (then
+/// discards it, so the client can read the refusal: [`platform::http::linger`]). Bodies
 /// without a length are cut off by `DefaultBodyLimit` as they stream in.
 async fn refuse_oversized(State(max): State<usize>, req: Request, next: Next) -> Response {
     // CSV uploads have their own, larger limit (their route's `DefaultBodyLimit`).
@@ -443,6 +444,7 @@ async fn refuse_oversized(State(max): State<usize>, req: Request, next: Next) ->
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|len| len > max as u64) {
+        platform::http::linger(req.into_body());
         return ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             "payload_too_large",

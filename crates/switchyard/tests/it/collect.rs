@@ -453,6 +453,18 @@ async fn oversized_tracking_bodies_are_refused() {
         resp.json::<Value>().await.unwrap()["error"]["code"],
         "payload_too_large"
     );
+
+    // All of a refused body is still taken (and discarded): the client reads its 413.
+    let answer = crate::support::send_whole_oversized_body(
+        app.addr,
+        &format!(
+            "POST /g/collect?v=2&tid=G-TEST123&cid=1.2 HTTP/1.1\r\nhost: {HOST}\r\n\
+             content-type: text/plain\r\n"
+        ),
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    assert!(answer.contains("payload_too_large"), "{answer}");
 }
 
 #[tokio::test]

@@ -172,6 +172,18 @@ backend_test!(bad_input_gets_json_4xx, |app| async move {
     let answer = String::from_utf8_lossy(&answer[..n]);
     assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
     assert!(answer.contains("payload_too_large"), "{answer}");
+    // A client that sends all of it anyway reads the same refusal.
+    let answer = crate::support::send_whole_oversized_body(
+        app.addr,
+        &format!(
+            "POST /api/v1/workspaces HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {}\r\n\
+             content-type: application/json\r\n",
+            user.token
+        ),
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    assert!(answer.contains("payload_too_large"), "{answer}");
 
     // An oversized body with no declared length (chunked) is cut off as it streams in. The
     // writer runs on its own task: the server stops reading at the limit and answers.

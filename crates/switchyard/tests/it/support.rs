@@ -415,3 +415,26 @@ impl CapturedLogs {
         String::from_utf8_lossy(&self.0.lock().unwrap_or_else(|e| e.into_inner())).into_owned()
     }
 }
+
+/// Sends `head` (a request line and headers, without `Content-Length` and the blank line) with
+/// a 12 MiB body, more than the sockets' buffers hold, to a server that refuses it for its
+/// declared size; returns the answer. The refusal comes before the body is read, and the server
+/// must then read and discard it: a server that closes with the client's bytes unread makes
+/// the kernel reset the connection, and the client gets "broken pipe" instead of its 413.
+pub async fn send_whole_oversized_body(addr: SocketAddr, head: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let body = vec![b'a'; 12 * 1024 * 1024];
+    let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let head = format!("{head}content-length: {}\r\n\r\n", body.len());
+    conn.write_all(head.as_bytes()).await.unwrap();
+    tokio::time::timeout(std::time::Duration::from_secs(10), conn.write_all(&body))
+        .await
+        .expect("the whole body is taken within 10 s")
+        .expect("the server reads the refused body instead of resetting the connection");
+    let mut answer = vec![0u8; 4096];
+    let n = tokio::time::timeout(std::time::Duration::from_secs(5), conn.read(&mut answer))
+        .await
+        .expect("an answer")
+        .unwrap();
+    String::from_utf8_lossy(&answer[..n]).into_owned()
+}

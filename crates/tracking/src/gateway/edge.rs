@@ -22,6 +22,7 @@ pub async fn capture(
     path: Option<&str>,
 ) -> Result<RawRequest, ApiError> {
     if declared_length(&parts.headers).is_some_and(|len| len > limit as u64) {
+        platform::http::linger(body);
         return Err(too_large(limit));
     }
     let bytes = axum::body::to_bytes(body, limit)
