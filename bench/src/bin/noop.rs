@@ -20,7 +20,10 @@ fn app() -> Router {
     Router::new().fallback(|_body: Bytes| async { StatusCode::NO_CONTENT })
 }
 
-/// One thread's share of the connections, as the listener its server accepts from.
+/// One thread's share of the connections, as the listener its server accepts from. The twin
+/// of `switchyard::server`'s `Dealt`, written again rather than shared: linking switchyard (or
+/// `platform`, with its database drivers) into the baseline would put that whole build, with
+/// fat LTO, behind every `bench-noop` build.
 struct Dealt {
     connections: mpsc::UnboundedReceiver<(std::net::TcpStream, SocketAddr)>,
     local: SocketAddr,

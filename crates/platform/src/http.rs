@@ -143,20 +143,34 @@ pub async fn method_not_allowed_fallback() -> ApiError {
     )
 }
 
-/// Most of a refused body [`linger`] reads before it gives up on the client.
+/// Most of a refused body [`within_declared_limit`] reads and discards.
 pub const LINGER_BYTES: usize = 16 * 1024 * 1024;
-/// Longest [`linger`] reads a refused body.
+/// Longest [`within_declared_limit`] reads a refused body.
 pub const LINGER_TIME: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// Reads and discards, in the background, the body of a request refused before it was read (a
-/// declared length over the limit), up to [`LINGER_BYTES`] or [`LINGER_TIME`], whichever comes
-/// first: a "lingering close", as nginx does. The refusal is answered at once either way; but
-/// a server that closes the connection with the client's unread bytes in its receive buffer
-/// makes the kernel answer them with a reset, and a client still sending its body then gets
-/// "broken pipe" instead of the 413 it was sent. Past the caps the connection is closed.
-pub fn linger(body: axum::body::Body) {
-    use futures::StreamExt;
+/// `body` back when the request's declared length (`Content-Length`) is within `limit` bytes
+/// or absent (a body without one is cut off at the limit as it streams in); `None` when it
+/// declares more, and the caller answers 413 at once, without reading it.
+///
+/// The refused body is then read and discarded in the background, up to [`LINGER_BYTES`] or
+/// [`LINGER_TIME`], whichever comes first: a "lingering close", as nginx does. A server that
+/// closes the connection with the client's unread bytes in its receive buffer makes the kernel
+/// answer them with a reset, and a client still sending its body gets "broken pipe" instead of
+/// the 413 it was sent. Past the caps the connection is closed.
+pub fn within_declared_limit(
+    headers: &axum::http::HeaderMap,
+    body: axum::body::Body,
+    limit: usize,
+) -> Option<axum::body::Body> {
+    let declared = headers
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_none_or(|len| len <= limit as u64) {
+        return Some(body);
+    }
     tokio::spawn(async move {
+        use futures::StreamExt;
         let drain = async {
             let mut chunks = body.into_data_stream();
             let mut read = 0;
@@ -169,6 +183,7 @@ pub fn linger(body: axum::body::Body) {
         };
         let _ = tokio::time::timeout(LINGER_TIME, drain).await;
     });
+    None
 }
 
 #[cfg(test)]

@@ -164,7 +164,7 @@ impl Server {
 /// second. (The wait of a request woken by the event log's writer was not shorter on its own:
 /// see [`HTTP_GLOBAL_QUEUE_INTERVAL`] for what shortened it.)
 pub async fn serve(
-    listener: TcpListener,
+    mut listener: TcpListener,
     mut server: Server,
     threads: usize,
     shutdown: CancellationToken,
@@ -210,7 +210,6 @@ pub async fn serve(
                 .unwrap_or_else(|_| Err(anyhow::anyhow!("HTTP thread {index} panicked")))
         });
     }
-    let mut listener = listener;
     let mut next = 0;
     let dealing = async {
         loop {
@@ -234,10 +233,14 @@ pub async fn serve(
     // Connections dealt but not yet taken are closed unanswered.
     drop(queues);
     let mut result = Ok(());
-    if let Some(joined) = stopped_early {
-        let served = joined
+    // A thread's outcome: its server's result, or why the task waiting for it failed.
+    let outcome = |joined: Result<anyhow::Result<()>, tokio::task::JoinError>| {
+        joined
             .map_err(anyhow::Error::from)
-            .and_then(|served| served);
+            .and_then(|served| served)
+    };
+    if let Some(joined) = stopped_early {
+        let served = outcome(joined);
         if !shutdown.is_cancelled() {
             // A thread stopped serving on its own: stop the process rather than serve on less.
             shutdown.cancel();
@@ -249,10 +252,7 @@ pub async fn serve(
         }
     }
     while let Some(joined) = finished.join_next().await {
-        if let Err(err) = joined
-            .map_err(anyhow::Error::from)
-            .and_then(|served| served)
-        {
+        if let Err(err) = outcome(joined) {
             result = Err(err);
         }
     }
@@ -428,9 +428,9 @@ fn api_router(app: &App) -> Router {
         .with_state(state)
 }
 
-/// Refuses a body whose declared length is over the limit before reading any of it (then
-/// discards it, so the client can read the refusal: [`platform::http::linger`]). Bodies
-/// without a length are cut off by `DefaultBodyLimit` as they stream in.
+/// Refuses a body whose declared length is over the limit before reading any of it (and
+/// discards it, so the client can read the refusal: [`platform::http::within_declared_limit`]).
+/// Bodies without a length are cut off by `DefaultBodyLimit` as they stream in.
 async fn refuse_oversized(State(max): State<usize>, req: Request, next: Next) -> Response {
     // CSV uploads have their own, larger limit (their route's `DefaultBodyLimit`).
     let max = if crm::import::is_upload(req.method(), req.uri().path()) {
@@ -438,21 +438,16 @@ async fn refuse_oversized(State(max): State<usize>, req: Request, next: Next) ->
     } else {
         max
     };
-    let declared = req
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|len| len > max as u64) {
-        platform::http::linger(req.into_body());
+    let (parts, body) = req.into_parts();
+    let Some(body) = platform::http::within_declared_limit(&parts.headers, body, max) else {
         return ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             "payload_too_large",
             format!("The request body is larger than the limit of {max} bytes."),
         )
         .into_response();
-    }
-    next.run(req).await
+    };
+    next.run(Request::from_parts(parts, body)).await
 }
 
 async fn readyz(State(state): State<AppState>) -> Response {

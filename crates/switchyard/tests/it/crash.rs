@@ -238,12 +238,8 @@ enum Stop {
     Term,
 }
 
-/// Sends, kills, restarts, and checks the log named by `log_url` (`None`: the SQLite default).
-async fn acknowledged_hits_survive_sigkill(backend: &str, log_url: Option<String>) {
-    acknowledged_hits_survive(backend, log_url, Stop::Kill).await;
-}
-
-/// Sends, stops the server as `how` says, restarts, and checks the log named by `log_url`.
+/// Sends, stops the server as `how` says, restarts, and checks the log named by `log_url`
+/// (`None`: the SQLite default).
 async fn acknowledged_hits_survive(backend: &str, log_url: Option<String>, how: Stop) {
     let dir = tempfile::tempdir().unwrap();
     let client = reqwest::Client::builder()
@@ -279,19 +275,7 @@ async fn acknowledged_hits_survive(backend: &str, log_url: Option<String>, how: 
             let status = server.child.wait().unwrap();
             assert_eq!(status.signal(), Some(9), "killed by SIGKILL: {status}");
         }
-        Stop::Term => {
-            let pid = server.child.id().to_string();
-            Command::new("kill").args(["-TERM", &pid]).status().unwrap();
-            let deadline = Instant::now() + Duration::from_secs(20);
-            let status = loop {
-                if let Some(status) = server.child.try_wait().unwrap() {
-                    break status;
-                }
-                assert!(Instant::now() < deadline, "no exit within 20 s of SIGTERM");
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            };
-            assert!(status.success(), "exit after SIGTERM under load: {status}");
-        }
+        Stop::Term => stop(server).await,
     }
     killed.store(true, Ordering::Relaxed);
 
@@ -387,13 +371,13 @@ async fn delete_stream(url: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_hits_survive_sigkill_sqlite() {
-    acknowledged_hits_survive_sigkill("sqlite", None).await;
+    acknowledged_hits_survive("sqlite", None, Stop::Kill).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_hits_survive_sigkill_nats() {
     let Some(url) = nats_log_url() else { return };
-    acknowledged_hits_survive_sigkill("nats", Some(url)).await;
+    acknowledged_hits_survive("nats", Some(url), Stop::Kill).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

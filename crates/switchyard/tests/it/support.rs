@@ -131,12 +131,16 @@ impl TestApp {
         Some(Self::start(config, dir).await)
     }
 
+    /// Cancels the server and waits for it to drain; its outcome, if it was still running.
+    async fn drain(&mut self) -> Option<Result<anyhow::Result<()>, tokio::task::JoinError>> {
+        self.shutdown.cancel();
+        Some(self.server.take()?.await)
+    }
+
     /// Stops the server and waits for it to drain.
     pub async fn stop(mut self) {
-        self.shutdown.cancel();
-        if let Some(server) = self.server.take() {
-            server
-                .await
+        if let Some(outcome) = self.drain().await {
+            outcome
                 .expect("the server task")
                 .expect("the server stops cleanly");
         }
@@ -145,10 +149,7 @@ impl TestApp {
     /// Stops the server (waiting for it to drain) and starts a new one on the same storage and
     /// configuration, like a process restart.
     pub async fn restart(mut self) -> TestApp {
-        self.shutdown.cancel();
-        if let Some(server) = self.server.take() {
-            let _ = server.await;
-        }
+        let _ = self.drain().await;
         let dir = std::mem::replace(&mut self._dir, tempfile::tempdir().expect("tempdir"));
         Self::start(self.config.clone(), dir).await
     }

@@ -21,10 +21,8 @@ pub async fn capture(
     limit: usize,
     path: Option<&str>,
 ) -> Result<RawRequest, ApiError> {
-    if declared_length(&parts.headers).is_some_and(|len| len > limit as u64) {
-        platform::http::linger(body);
-        return Err(too_large(limit));
-    }
+    let body = platform::http::within_declared_limit(&parts.headers, body, limit)
+        .ok_or_else(|| too_large(limit))?;
     let bytes = axum::body::to_bytes(body, limit)
         .await
         .map_err(|_| too_large(limit))?;
@@ -57,15 +55,6 @@ pub async fn capture(
         }
     }
     Ok(raw)
-}
-
-fn declared_length(headers: &HeaderMap) -> Option<u64> {
-    headers
-        .get(header::CONTENT_LENGTH)?
-        .to_str()
-        .ok()?
-        .parse()
-        .ok()
 }
 
 fn too_large(limit: usize) -> ApiError {
